@@ -1,0 +1,55 @@
+"""wsync: a synchronous, threaded WebSocket client that never loses a message.
+
+Connect, handshake, heartbeat, reconnect, queue and request/response over the wsync
+protocol, with no asyncio: ``wsync.Client`` runs its own threads and hands results
+back through futures and callbacks. See README.md and API.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from wsync._backoff import Backoff
+from wsync._client import Client
+from wsync._errors import (
+    ClientClosed,
+    ConnectError,
+    ConnectTimeout,
+    HandshakeError,
+    ProtocolError,
+    QueueFull,
+    ResponseTimeout,
+    ServerError,
+    WsyncError,
+)
+from wsync._futures import MessageFuture
+from wsync._outbox import OutboxError
+from wsync._sqlite_outbox import SQLiteOutbox
+from wsync._values import ConnectionState, Stats, Status
+from wsync.protocol import Response
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ClientClosed",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionState",
+    "HandshakeError",
+    "MessageFuture",
+    "OutboxError",
+    "ProtocolError",
+    "QueueFull",
+    "Response",
+    "ResponseTimeout",
+    "SQLiteOutbox",
+    "ServerError",
+    "Stats",
+    "Status",
+    "WsyncError",
+]
+
+# A library adds no handlers of its own: the application decides what is shown.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

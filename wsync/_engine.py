@@ -1,0 +1,741 @@
+"""The engine: owns the machine, the transport, the outbox and the threads; carries out actions.
+
+Threads (each named ``wsync-<role>``, daemon only as a safety net; ``close()`` joins them):
+
+========================  ==================================================================
+``wsync-reader-<n>``      one per connection: reads, decodes, feeds the machine, hands off.
+                          Never runs user code; resolves a future itself only when the future
+                          has no done-callbacks (no thread hop on the hot path).
+``wsync-writer``          the only writer of the socket: control frames first (connect, ping,
+                          pong), then messages in order, batched into one ``sendall``. A long
+                          queue flush never stops the reader, so a server that answers while
+                          we write cannot deadlock us.
+``wsync-timer``           deadlines: backoff delays, the attempt itself (a bounded, cancellable
+                          open), the confirm timeout, pings and the pong timeout.
+``wsync-callbacks``       every user callback, in order (see ``_dispatch``).
+========================  ==================================================================
+
+One lock (``_lock``) guards the machine and the engine's bookkeeping; the conditions
+that wake the writer, the timer and callers waiting in ``connect``/``flush`` all share
+it. Holding it means no I/O, no user code and no waiting. Threads start with the first
+``connect()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from wsync import protocol
+from wsync._backoff import Backoff
+from wsync._errors import ClientClosed, ConnectError, ConnectTimeout, ProtocolError, ResponseTimeout
+from wsync._futures import MessageFuture
+from wsync._machine import (
+    Abort,
+    Action,
+    Control,
+    Entry,
+    Fail,
+    Forget,
+    Machine,
+    Notify,
+    OnError,
+    OnResponse,
+    Open,
+    Resolve,
+)
+from wsync._outbox import MemoryOutbox, Outbox
+from wsync._transport import (
+    Connector,
+    MalformedFrame,
+    TLSError,
+    Transport,
+    TransportClosed,
+    redact_url,
+)
+from wsync._values import ConnectionState, Stats, Status
+from wsync.protocol import Response
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("wsync")
+
+Clock = Callable[[], float]
+StateCallback = Callable[[ConnectionState], Any]
+ResponseCallback = Callable[[Response], Any]
+ErrorCallback = Callable[[Any], Any]
+
+# How long close() lets the server answer our close frame before tearing the socket down.
+CLOSE_HANDSHAKE: Final = 1.0
+# At most this many warnings about malformed frames per window; the rest are counted.
+MALFORMED_WARNINGS: Final = 5
+MALFORMED_WINDOW: Final = 10.0
+
+_live: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for engine in list(_live):
+        engine.close(timeout=1.0)
+
+
+atexit.register(_close_all_at_exit)
+
+
+class Deadline:
+    """One timeout shared by several waits. ``None`` means no limit."""
+
+    __slots__ = ("_end",)
+
+    def __init__(self, timeout: float | None) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        if self._end is None:
+            return None
+        return max(0.0, self._end - time.monotonic())
+
+    def expired(self) -> bool:
+        return self._end is not None and time.monotonic() >= self._end
+
+
+class _MalformedLog:
+    """Warns about malformed frames a few times per window, then summarises with a count."""
+
+    def __init__(self) -> None:
+        self._window_start = -MALFORMED_WINDOW
+        self._warned = 0
+        self._suppressed = 0
+
+    def report(self, reason: str, now: float) -> None:
+        if now - self._window_start >= MALFORMED_WINDOW:
+            if self._suppressed:
+                logger.warning(
+                    "dropped %d more malformed frames in the last %.0f s",
+                    self._suppressed,
+                    now - self._window_start,
+                )
+            self._window_start = now
+            self._warned = 0
+            self._suppressed = 0
+        if self._warned < MALFORMED_WARNINGS:
+            self._warned += 1
+            logger.warning("dropped a malformed frame: %s", reason)
+        else:
+            self._suppressed += 1
+
+
+class Engine:
+    """Everything a ``Client`` does, minus argument checking and the public docstrings.
+
+    ``Client`` is a thin facade over this object, so that a forgotten client can be
+    garbage-collected (the threads hold the engine, not the facade) and closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        client_id: str,
+        on_state_change: StateCallback | None,
+        on_response: ResponseCallback | None,
+        on_error: ErrorCallback | None,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        backoff: Backoff,
+        connect_timeout: float,
+        outbox: Outbox | None,
+        max_queued: int | None,
+        rate_limit: float | None,
+        connector: Connector,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.client_id = client_id
+        self._on_state_change = on_state_change
+        self._on_response = on_response
+        self._on_error = on_error
+        self._max_queued = max_queued
+        self._clock = clock
+        self._connector = connector
+
+        self._lock = threading.Lock()  # guards everything below that changes
+        self._timer_cv = threading.Condition(self._lock)
+        self._writer_cv = threading.Condition(self._lock)
+        self._state_cv = threading.Condition(self._lock)  # connect()/flush() waiters
+        self._machine = Machine(
+            client_id=client_id,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            backoff=backoff,
+            connect_timeout=connect_timeout,
+            rate_limit=rate_limit,
+            now=clock(),
+        )
+        from wsync._dispatch import Dispatcher
+
+        self._dispatch = Dispatcher(self._lock)
+        self._transports: dict[int, Transport] = {}
+        self._opening: int | None = None  # generation of the open in flight
+        self._readers: list[threading.Thread] = []
+        self._writer: threading.Thread | None = None
+        self._timer: threading.Thread | None = None
+        self._closing = False
+        self._closing_transports: list[Transport] = []  # get a close frame from the writer
+        self._closed_event = threading.Event()
+        self._malformed_log = _MalformedLog()
+        self._forget_buffer: list[str] = []
+        self._forget_scheduled = False
+
+        self._outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
+        self._durable = not isinstance(self._outbox, MemoryOutbox)
+        self._send_lock = threading.Lock()  # durable sends: file order == queue order
+        leftovers = self._outbox.claim(client_id)
+        for stored in leftovers:
+            self._machine.send(self._new_entry(stored.message_id, stored.content))
+        if leftovers:
+            logger.info("%d unanswered messages from the outbox will be sent first", len(leftovers))
+        _live.add(self)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _new_entry(self, message_id: str, content: str) -> Entry:
+        text = protocol.encode_message(
+            client_id=self.client_id,
+            message_id=message_id,
+            content=content,
+            timestamp=protocol.now(),
+        )
+        return Entry(message_id, content, text, MessageFuture(message_id, self._cancelled))
+
+    def _ensure_threads(self) -> None:
+        """Start the writer, timer and callbacks threads once. Caller holds self._lock."""
+        assert self._lock.locked()
+        if self._writer is not None:
+            return
+        self._dispatch.start()
+        self._writer = threading.Thread(target=self._writer_main, name="wsync-writer", daemon=True)
+        self._timer = threading.Thread(target=self._timer_main, name="wsync-timer", daemon=True)
+        self._writer.start()
+        self._timer.start()
+
+    def _apply(self, actions: list[Action]) -> list[tuple[Action, Transport | None]]:
+        """Carry out what can be done under the lock; return the rest. Caller holds self._lock."""
+        later: list[tuple[Action, Transport | None]] = []
+        dispatch = self._dispatch
+        for action in actions:
+            kind = type(action)
+            if kind is Resolve:
+                assert isinstance(action, Resolve)
+                future = action.entry.future
+                if not future.try_set_result_fast(action.response):
+                    dispatch.put(future.set_result_safe, action.response)
+            elif kind is OnResponse:
+                if self._on_response is not None:
+                    assert isinstance(action, OnResponse)
+                    dispatch.put(self._on_response, action.response)
+            elif kind is Forget:
+                if self._durable:
+                    assert isinstance(action, Forget)
+                    self._forget_buffer.extend(action.message_ids)
+                    if not self._forget_scheduled:
+                        self._forget_scheduled = True
+                        dispatch.put(self._flush_forgets)
+            elif kind is Notify:
+                assert isinstance(action, Notify)
+                if action.state.status is Status.CONNECTING:
+                    logger.debug("connecting (attempt %d)", action.state.attempt)
+                elif action.state.status is Status.DISCONNECTED and action.state.error:
+                    logger.info("disconnected: %s", action.state.error)
+                else:
+                    logger.info("%s", action.state.status.value)
+                if self._on_state_change is not None:
+                    dispatch.put(self._on_state_change, action.state)
+            elif kind is Fail:
+                assert isinstance(action, Fail)
+                for entry in action.entries:
+                    error = action.error()
+                    if not entry.future.try_set_exception_fast(error):
+                        dispatch.put(entry.future.set_exception_safe, error)
+            elif kind is OnError:
+                if self._on_error is not None:
+                    assert isinstance(action, OnError)
+                    dispatch.put(self._on_error, action.error)
+            elif kind is Abort:
+                assert isinstance(action, Abort)
+                later.append((action, self._transports.pop(action.generation, None)))
+            else:
+                later.append((action, None))
+        machine = self._machine
+        if machine.wake_writer:
+            machine.wake_writer = False
+            self._writer_cv.notify()
+        if machine.wake_timer:
+            machine.wake_timer = False
+            self._timer_cv.notify()
+        if machine.wake_waiters:
+            machine.wake_waiters = False
+            self._state_cv.notify_all()
+        return later
+
+    def _carry_out(self, later: list[tuple[Action, Transport | None]]) -> None:
+        """Carry out actions that do I/O. Caller does not hold self._lock."""
+        for action, transport in later:
+            if type(action) is Abort:
+                assert isinstance(action, Abort)
+                if transport is not None:
+                    logger.debug("aborting connection %d: %s", action.generation, action.reason)
+                    transport.abort()
+                elif self._opening == action.generation:
+                    self._connector.cancel()
+            elif type(action) is Open:
+                assert isinstance(action, Open)
+                self._open(action)
+
+    def _flush_forgets(self) -> None:
+        """On the callbacks thread: remove answered/failed messages from the durable outbox."""
+        with self._lock:
+            ids = self._forget_buffer
+            self._forget_buffer = []
+            self._forget_scheduled = False
+        if ids:
+            try:
+                self._outbox.discard(ids)
+            except Exception:
+                logger.exception("could not remove %d answered messages from the outbox", len(ids))
+
+    def _cancelled(self, message_id: str) -> None:
+        """A MessageFuture was cancelled (in the canceller's thread)."""
+        with self._lock:
+            later = self._apply(self._machine.discard(message_id))
+        self._carry_out(later)
+
+    # --- public operations ----------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._machine.state
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def stats(self) -> Stats:
+        with self._lock:
+            return self._machine.stats()
+
+    def connect(self, timeout: float | None, wait: bool) -> ConnectionState:
+        deadline = Deadline(timeout)
+        with self._lock:
+            if self._closing:
+                raise ClientClosed("client is closed")
+            self._ensure_threads()
+            machine = self._machine
+            later = self._apply(machine.connect(self._clock()))
+            confirms, giveups = machine.confirms, machine.giveups
+        self._carry_out(later)
+        if not wait:
+            return machine.state
+        with self._lock:
+            while True:
+                if machine.status is Status.CONFIRMED or machine.confirms > confirms:
+                    return machine.state
+                if machine.giveups > giveups and machine.give_up_error is not None:
+                    given_up = machine.give_up_error
+                    error = type(given_up)(str(given_up))
+                    raise error from given_up.__cause__
+                if self._closing:
+                    raise ClientClosed("client was closed while connecting")
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    cause = machine.last_failure
+                    timeout_error = ConnectTimeout(
+                        f"not confirmed within {timeout:g} s: {redact_url(self.url)}"
+                    )
+                    timeout_error.__cause__ = cause
+                    later = self._apply(machine.stop_trying(self._clock(), timeout_error))
+                    break
+                self._state_cv.wait(remaining)
+        self._carry_out(later)
+        raise timeout_error
+
+    def reconnect(self) -> None:
+        with self._lock:
+            if self._closing:
+                raise ClientClosed("client is closed")
+            self._ensure_threads()
+            later = self._apply(self._machine.reconnect(self._clock()))
+        self._carry_out(later)
+
+    def send(self, content: str, message_id: str | None) -> MessageFuture:
+        mid = str(uuid.uuid4()) if message_id is None else message_id
+        entry = self._new_entry(mid, content)
+        if self._durable:
+            with self._send_lock:
+                with self._lock:
+                    self._check_can_send(mid)
+                # On disk before send() returns (and before it can be written).
+                self._outbox.add(mid, content)
+                with self._lock:
+                    if self._closing:
+                        raise ClientClosed("client is closed")
+                    self._machine.send(entry)
+                    self._apply([])
+            return entry.future
+        with self._lock:
+            self._check_can_send(mid)
+            self._machine.send(entry)
+            if self._machine.wake_writer:
+                self._machine.wake_writer = False
+                self._writer_cv.notify()
+        return entry.future
+
+    def _check_can_send(self, message_id: str) -> None:
+        """Caller holds self._lock."""
+        if self._closing:
+            raise ClientClosed("client is closed")
+        if message_id in self._machine.pending:
+            raise ValueError(f"message_id {message_id!r} is already pending")
+        if self._max_queued is not None and self._machine.queued >= self._max_queued:
+            from wsync._errors import QueueFull
+
+            raise QueueFull(f"{self._machine.queued} messages queued (max_queued={self._max_queued})")
+
+    def send_and_wait(self, content: str, timeout: float | None, message_id: str | None) -> Response:
+        future = self.send(content, message_id)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            pass
+        with self._lock:
+            machine = self._machine
+            # Still queued: withdrawn, never sent. Written: never written again.
+            entry = machine.withdraw(future.message_id) or machine.abandon(future.message_id)
+            later = self._apply([Forget((future.message_id,))] if entry is not None else [])
+        self._carry_out(later)
+        if entry is None:
+            return future.result(0)  # answered (or failed) just now
+        error = ResponseTimeout(f"no response to message {future.message_id} within {timeout:g} s")
+        future.set_exception_safe(ResponseTimeout(str(error)))
+        raise error
+
+    def flush(self, timeout: float | None) -> bool:
+        deadline = Deadline(timeout)
+        with self._lock:
+            machine = self._machine
+            drained = self._state_cv.wait_for(lambda: not machine.pending, deadline.remaining())
+            if not drained:
+                return False
+            if self._dispatch.on_thread():
+                return True  # cannot wait for our own queue; the futures left are ours to run
+            barrier = self._dispatch.barrier()
+        return barrier.wait(deadline.remaining())
+
+    def close(self, timeout: float | None, *, quiet: bool = False) -> None:
+        deadline = Deadline(timeout)
+        me = threading.current_thread()
+        with self._lock:
+            first = not self._closing
+            if first:
+                self._closing = True
+                later = self._apply(self._machine.close())
+                # The machine's Abort is carried out below, after the writer's close frame.
+                self._closing_transports = [t for _, t in later if t is not None]
+                self._closing_transports += self._transports.values()
+                self._transports.clear()
+                self._dispatch.stop()
+                self._writer_cv.notify_all()
+                self._timer_cv.notify_all()
+                self._state_cv.notify_all()
+        if not first:
+            if not me.name.startswith("wsync-"):
+                self._closed_event.wait(deadline.remaining())
+            return
+        # The writer sends a close frame and ends; give the server a moment to answer it.
+        limit = deadline.remaining()
+        grace = CLOSE_HANDSHAKE if limit is None else min(CLOSE_HANDSHAKE, limit / 2)
+        grace_deadline = Deadline(grace)
+        writer, timer = self._writer, self._timer
+        if writer is not None and writer is not me:
+            writer.join(grace_deadline.remaining())
+        with self._lock:
+            readers = list(self._readers)
+        for reader in readers:
+            if reader is not me:
+                reader.join(grace_deadline.remaining())
+        # Tear down whatever is left: sockets (wakes readers and a blocked writer), an open.
+        with self._lock:
+            transports = self._closing_transports + list(self._transports.values())
+            self._transports.clear()
+        for transport in transports:
+            transport.abort()
+        self._connector.cancel()
+        stragglers: list[str] = []
+        for thread in (writer, timer, *readers):
+            if thread is None or thread is me:
+                continue
+            thread.join(deadline.remaining())
+            if thread.is_alive():
+                stragglers.append(thread.name)
+        if self._dispatch.thread is None:
+            self._dispatch.drain_inline()  # never connected: run the callbacks here
+        elif not self._dispatch.on_thread():
+            self._dispatch.thread.join(deadline.remaining())
+            if self._dispatch.thread.is_alive():
+                stragglers.append(self._dispatch.thread.name)
+        if self._dispatch.on_thread():
+            with self._lock:
+                self._dispatch.put(self._release_outbox)
+        else:
+            self._release_outbox()
+        if stragglers and not quiet:
+            logger.warning("close() timed out; still running: %s", ", ".join(stragglers))
+        _live.discard(self)
+        self._closed_event.set()
+
+    def _release_outbox(self) -> None:
+        if self._durable and self._forget_buffer:
+            self._flush_forgets()
+        try:
+            self._outbox.release()
+        except Exception:
+            logger.exception("could not release the outbox")
+
+    def close_soon(self) -> None:
+        """Start closing without waiting (a forgotten client being garbage-collected)."""
+        if not self._closing:
+            try:
+                self.close(timeout=0.0, quiet=True)
+            except Exception:
+                logger.exception("internal error while closing a forgotten client")
+
+    # --- the timer thread -----------------------------------------------------------------
+
+    def _timer_main(self) -> None:
+        while True:
+            try:
+                self._timer_loop()
+                return
+            except Exception:
+                self._internal_error("timer")
+
+    def _timer_loop(self) -> None:
+        machine = self._machine
+        while True:
+            with self._lock:
+                while True:
+                    if self._closing:
+                        return
+                    now = self._clock()
+                    later = self._apply(machine.on_timer(now))
+                    if later:
+                        break
+                    deadline = machine.next_deadline()
+                    self._timer_cv.wait(None if deadline is None else max(0.0, deadline - now))
+            self._carry_out(later)
+
+    def _open(self, action: Open) -> None:
+        """On the timer thread: one bounded attempt to open a socket."""
+        generation = action.generation
+        with self._lock:
+            if self._closing or generation != self._machine.generation:
+                return
+            self._opening = generation
+        try:
+            try:
+                transport = self._connector.open(action.timeout)
+            except ConnectError:
+                raise
+            except Exception as exc:  # a bug below us must not kill the timer thread
+                logger.exception("internal error while opening a connection")
+                raise ConnectError(f"internal error while opening: {type(exc).__name__}") from exc
+        except ConnectError as error:
+            with self._lock:
+                self._opening = None
+                later = self._apply(
+                    self._machine.on_open_failed(
+                        generation, error, self._clock(), retryable=not isinstance(error, TLSError)
+                    )
+                )
+            logger.debug("attempt failed: %s", error)
+            self._carry_out(later)
+            return
+        with self._lock:
+            self._opening = None
+            if self._closing:
+                later = [(Abort(generation, "client closed"), transport)]
+            else:
+                actions = self._machine.on_open_succeeded(generation, self._clock())
+                if any(type(a) is Abort for a in actions):
+                    later = [(Abort(generation, "superseded"), transport)]
+                else:
+                    self._transports[generation] = transport
+                    reader = threading.Thread(
+                        target=self._reader_main,
+                        args=(generation, transport),
+                        name=f"wsync-reader-{generation}",
+                        daemon=True,
+                    )
+                    self._readers = [r for r in self._readers if r.is_alive()]
+                    self._readers.append(reader)
+                    reader.start()
+                    later = self._apply(actions)
+        self._carry_out(later)
+
+    # --- the writer thread ----------------------------------------------------------------
+
+    def _writer_main(self) -> None:
+        while True:
+            try:
+                self._writer_loop()
+                return
+            except Exception:
+                self._internal_error("writer")
+
+    def _writer_loop(self) -> None:
+        machine = self._machine
+        while True:
+            with self._lock:
+                while True:
+                    if self._closing:
+                        transports = list(self._closing_transports)
+                        break
+                    if machine.has_writes():
+                        now = self._clock()
+                        if not machine.controls:
+                            next_at = machine.next_write_at(now)
+                            if next_at is not None and next_at > now:
+                                self._writer_cv.wait(next_at - now)
+                                continue
+                        generation = machine.generation
+                        controls, entries = machine.take_writes(generation, now)
+                        transport = self._transports.get(generation)
+                        break
+                    self._writer_cv.wait()
+            if self._closing:
+                for each in transports:
+                    each.send_close()
+                return
+            self._write(generation, transport, controls, entries)
+
+    def _write(
+        self,
+        generation: int,
+        transport: Transport | None,
+        controls: Sequence[Control],
+        entries: Sequence[Entry],
+    ) -> None:
+        texts: list[str] = []
+        for control in controls:
+            texts.append(self._control_text(control))
+        written: list[Entry] = []
+        skipped: list[Entry] = []
+        for entry in entries:
+            future = entry.future
+            if future.running():
+                ok = True  # written before, on a lost connection: write it again
+            else:
+                try:
+                    ok = future.set_running_or_notify_cancel()
+                except RuntimeError:
+                    ok = False  # failed meanwhile (timed out): never written again
+            if ok:
+                texts.append(entry.text)
+                written.append(entry)
+            else:
+                skipped.append(entry)
+        error: TransportClosed | None = None
+        if texts and transport is not None:
+            try:
+                transport.send_texts(texts)
+            except TransportClosed as exc:
+                error = exc
+        with self._lock:
+            later = self._apply(self._machine.writes_done(generation, written, skipped))
+            if error is not None:
+                lost = ConnectError(f"connection lost while writing: {error}")
+                lost.__cause__ = error
+                later += self._apply(
+                    self._machine.on_connection_lost(generation, lost, self._clock())
+                )
+        self._carry_out(later)
+
+    def _control_text(self, control: Control) -> str:
+        if control is Control.PING:
+            return protocol.encode(protocol.Ping(timestamp=protocol.now()))
+        if control is Control.PONG:
+            return protocol.encode(protocol.Pong(timestamp=protocol.now()))
+        return protocol.encode(protocol.Connect(client_id=self.client_id, timestamp=protocol.now()))
+
+    # --- the reader threads ---------------------------------------------------------------
+
+    def _reader_main(self, generation: int, transport: Transport) -> None:
+        try:
+            self._reader_loop(generation, transport)
+        except Exception:
+            transport.abort()
+            self._internal_error("reader")
+
+    def _reader_loop(self, generation: int, transport: Transport) -> None:
+        machine = self._machine
+        decode = protocol.decode
+        while True:
+            try:
+                data = transport.recv()
+            except MalformedFrame as exc:
+                self._malformed(str(exc))
+                continue
+            except TransportClosed as exc:
+                lost = ConnectError(f"connection lost: {exc}")
+                lost.__cause__ = exc
+                with self._lock:
+                    later = self._apply(machine.on_connection_lost(generation, lost, self._clock()))
+                self._carry_out(later)
+                return
+            if type(data) is not str:
+                self._malformed(f"binary frame of {len(data)} bytes")
+                continue
+            try:
+                frame = decode(data)
+            except ProtocolError as exc:
+                self._malformed(f"{exc} ({len(data)} characters)")
+                continue
+            with self._lock:
+                later = self._apply(machine.on_frame(generation, frame, self._clock()))
+            if later:
+                self._carry_out(later)
+
+    def _malformed(self, reason: str) -> None:
+        with self._lock:
+            self._machine.on_malformed()
+        self._malformed_log.report(reason, time.monotonic())
+
+    def _internal_error(self, role: str) -> None:
+        logger.exception("internal error in the %s thread", role)
+        if self._closing:
+            return
+        with self._lock:
+            generation = self._machine.generation
+            error = ConnectError(f"internal error in the {role} thread")
+            later = self._apply(self._machine.on_connection_lost(generation, error, self._clock()))
+        self._carry_out(later)
+
+
+def make_connector(
+    url: str,
+    *,
+    ssl_context: Any,
+    headers: Mapping[str, str] | None,
+    proxy: str | None,
+    max_frame_size: int,
+) -> Connector:
+    return Connector(
+        url, ssl_context=ssl_context, headers=headers, proxy=proxy, max_frame_size=max_frame_size
+    )

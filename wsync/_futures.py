@@ -1,0 +1,90 @@
+"""MessageFuture: a ``concurrent.futures.Future[Response]`` that knows its message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wsync.protocol import Response
+
+__all__ = ["MessageFuture"]
+
+
+class MessageFuture(Future["Response"]):
+    """The pending result of ``Client.send()``: resolves with the message's ``Response``.
+
+    It fails with ``ServerError`` (an error frame naming the message), ``ConnectError``
+    (reconnection gave up: the message will never be sent) or ``ClientClosed``.
+    ``cancel()`` succeeds only while the message is still queued; it is then never sent.
+    Done-callbacks run on the client's callbacks thread (or in the thread that adds them
+    to a future already done), never on the thread that reads the socket.
+
+    Attributes:
+        message_id: the ``messageId`` of the message.
+    """
+
+    def __init__(self, message_id: str, on_cancel: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.message_id = message_id
+        self._on_cancel = on_cancel
+
+    def __repr__(self) -> str:
+        return f"<MessageFuture {self.message_id} {self._state.lower()}>"  # type: ignore[attr-defined]
+
+    def cancel(self) -> bool:
+        """Cancel the message if it is still queued; False once it was written.
+
+        Thread-safe. A cancelled message leaves the queue (and the durable outbox).
+        """
+        cancelled = super().cancel()
+        if cancelled and self._on_cancel is not None:
+            self._on_cancel(self.message_id)
+        return cancelled
+
+    # Resolution without a thread hop. Future.set_result() runs done-callbacks in the
+    # calling thread; wsync must never run user code on its socket-reading thread. So the
+    # reader resolves a future itself only when it has no done-callbacks, atomically with
+    # that check under the future's own condition (Future's `_condition` and
+    # `_done_callbacks` are stable since Python 3.2): a callback added concurrently then
+    # sees a finished future and runs in the adding thread, as concurrent.futures promises.
+
+    def try_set_result_fast(self, result: Response) -> bool:
+        """Set the result unless a done-callback would have to run: then return False.
+
+        True also when the future was already done (cancelled): nothing is left to do.
+        """
+        cond: Any = self._condition  # type: ignore[attr-defined]
+        with cond:
+            if self.done():
+                return True
+            if self._done_callbacks:  # type: ignore[attr-defined]
+                return False
+            self.set_result(result)
+            return True
+
+    def try_set_exception_fast(self, error: BaseException) -> bool:
+        """Like ``try_set_result_fast``, for an exception."""
+        cond: Any = self._condition  # type: ignore[attr-defined]
+        with cond:
+            if self.done():
+                return True
+            if self._done_callbacks:  # type: ignore[attr-defined]
+                return False
+            self.set_exception(error)
+            return True
+
+    def set_result_safe(self, result: Response) -> None:
+        """Set the result unless the future is already done (cancelled or failed)."""
+        try:
+            self.set_result(result)
+        except Exception:  # InvalidStateError: cancelled or failed meanwhile
+            pass
+
+    def set_exception_safe(self, error: BaseException) -> None:
+        """Set the exception unless the future is already done."""
+        try:
+            self.set_exception(error)
+        except Exception:
+            pass

@@ -1,0 +1,152 @@
+"""Small pieces the test server is built from: its record types, host checks, socket aborts.
+
+This module holds values and stateless helpers only; it starts no thread and keeps no state.
+``ProtocolServer`` itself lives in ``_server.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+__all__ = [
+    "Handler",
+    "QuietLogger",
+    "Received",
+    "UpgradeRequest",
+    "abort_socket",
+    "check_host",
+    "echo",
+    "url_host",
+]
+
+Handler = Callable[[str, str], "str | None"]
+"""``handler(content, client_id) -> response content``, or None to send no response."""
+
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, 0 s: closing the socket sends a TCP RST instead of a graceful FIN."""
+
+
+def echo(content: str, client_id: str) -> str:
+    """The default handler: answer every message with its own content."""
+    return content
+
+
+@attrs.frozen(kw_only=True)
+class Received:
+    """One ``message`` frame as the server received it.
+
+    Attributes:
+        client_id: the ``clientId`` the message carried.
+        message_id: its ``messageId``; a message written twice is recorded twice.
+        content: its text.
+        conversation_id: the conversation of the connection it arrived on.
+        timestamp: the message's own ``timestamp``, timezone-aware UTC.
+        connection: which connection it arrived on, counting from 1 since the server
+            was created (the same number as ``connections_total`` when it was accepted).
+    """
+
+    client_id: str
+    message_id: str
+    content: str
+    conversation_id: str
+    timestamp: datetime
+    connection: int
+
+
+@attrs.frozen(kw_only=True)
+class UpgradeRequest:
+    """The HTTP upgrade request of one connection attempt.
+
+    Attributes:
+        path: the request target, e.g. ``"/"``.
+        headers: every header as ``(name, value)`` pairs, in the order they were sent.
+    """
+
+    path: str
+    headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str) -> str | None:
+        """Return the first value of header ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+
+def check_host(host: str, *, allow_remote: bool) -> None:
+    """Refuse to listen beyond the loopback interface unless told to.
+
+    Raises:
+        TypeError: ``host`` is not a ``str``.
+        ValueError: ``host`` is not ``localhost`` or a loopback address and
+            ``allow_remote`` is false.
+    """
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, got {type(host).__name__}")
+    if allow_remote or host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"host must be localhost or a loopback address, got {host!r}; "
+            "pass allow_remote=True to listen on other interfaces"
+        )
+
+
+def url_host(host: str, *, tls: bool) -> str:
+    """Return ``host`` as it goes in a URL: brackets for IPv6, ``localhost`` for TLS on 127.0.0.1.
+
+    Test certificates are usually issued for ``localhost``, and ``wss://`` checks the name.
+    """
+    if tls and host == "127.0.0.1":
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+def abort_socket(sock: socket.socket) -> None:
+    """End a TCP connection like a network failure: no WebSocket close, no TLS close_notify.
+
+    ``SO_LINGER`` 0 makes the final close send a reset; ``shutdown`` wakes every thread
+    blocked on the socket (websockets' reader sees end-of-file and closes it). The base
+    class method is called on purpose: ``SSLSocket.shutdown`` would detach its TLS
+    object under a reader thread that may be using it. Never raises.
+    """
+    with contextlib.suppress(OSError):  # already closed
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    with contextlib.suppress(OSError):  # already closed, or never connected
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+if TYPE_CHECKING:
+    _AdapterBase = logging.LoggerAdapter[logging.Logger]
+else:
+    _AdapterBase = logging.LoggerAdapter
+
+
+class QuietLogger(_AdapterBase):
+    """The logger handed to websockets: its records, whatever their level, go out at DEBUG.
+
+    A test server sees handshake failures, resets and timeouts on purpose; websockets logs
+    those at ERROR, which would make every fault test look broken. Its own DEBUG tracing
+    (which prints frame contents) is dropped altogether: message content is never logged.
+    """
+
+    def isEnabledFor(self, level: int) -> bool:
+        """True for records above DEBUG when the underlying logger shows DEBUG."""
+        return level > logging.DEBUG and self.logger.isEnabledFor(logging.DEBUG)
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log ``msg`` at DEBUG if ``level`` is above DEBUG; drop it otherwise."""
+        if self.isEnabledFor(level):
+            msg, processed = self.process(msg, kwargs)
+            self.logger.log(logging.DEBUG, msg, *args, **processed)
