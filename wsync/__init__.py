@@ -16,6 +16,7 @@ from wsync._errors import (
     ConnectError,
     ConnectTimeout,
     HandshakeError,
+    OutboxError,
     ProtocolError,
     QueueFull,
     ResponseTimeout,
@@ -23,7 +24,6 @@ from wsync._errors import (
     WsyncError,
 )
 from wsync._futures import MessageFuture
-from wsync._outbox import OutboxError
 from wsync._sqlite_outbox import SQLiteOutbox
 from wsync._values import ConnectionState, Stats, Status
 from wsync.protocol import Response

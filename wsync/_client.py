@@ -64,6 +64,12 @@ def _message_id(value: object) -> str | None:
     return value
 
 
+def _is_memory(outbox: object) -> bool:
+    from wsync._outbox import MemoryOutbox
+
+    return isinstance(outbox, MemoryOutbox)
+
+
 class Client:
     """A WebSocket client that connects, confirms, heartbeats, reconnects and never loses a message.
 
@@ -124,6 +130,11 @@ class Client:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         url = validate_url(url)
+        if client_id is None and outbox is not None and not _is_memory(outbox):
+            raise ValueError(
+                "a durable outbox needs a fixed client_id: a random one could not claim "
+                "the same outbox after a restart"
+            )
         client_id = validate_client_id(str(uuid.uuid4()) if client_id is None else client_id)
         interval = _positive("heartbeat_interval", heartbeat_interval)
         hb_timeout = (
@@ -137,7 +148,9 @@ class Client:
         connect_timeout = _positive("connect_timeout", connect_timeout)
         if max_queued is not None:
             if isinstance(max_queued, bool) or not isinstance(max_queued, int):
-                raise TypeError(f"max_queued must be an int or None, got {type(max_queued).__name__}")
+                raise TypeError(
+                    f"max_queued must be an int or None, got {type(max_queued).__name__}"
+                )
             if max_queued < 1:
                 raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         if rate_limit is not None:

@@ -196,7 +196,8 @@ class Engine:
 
         self._outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
         self._durable = not isinstance(self._outbox, MemoryOutbox)
-        self._send_lock = threading.Lock()  # durable sends: file order == queue order
+        self._reserved: set[str] = set()  # durable sends between their check and enqueue
+        self._forget_lock = threading.Lock()  # held while the outbox forgets a batch
         leftovers = self._outbox.claim(client_id)
         for stored in leftovers:
             self._machine.send(self._new_entry(stored.message_id, stored.content))
@@ -300,16 +301,19 @@ class Engine:
                 self._open(action)
 
     def _flush_forgets(self) -> None:
-        """On the callbacks thread: remove answered/failed messages from the durable outbox."""
-        with self._lock:
-            ids = self._forget_buffer
-            self._forget_buffer = []
-            self._forget_scheduled = False
-        if ids:
-            try:
-                self._outbox.discard(ids)
-            except Exception:
-                logger.exception("could not remove %d answered messages from the outbox", len(ids))
+        """Remove answered/failed messages from the durable outbox (on the callbacks thread)."""
+        with self._forget_lock:
+            with self._lock:
+                ids = self._forget_buffer
+                self._forget_buffer = []
+                self._forget_scheduled = False
+            if ids:
+                try:
+                    self._outbox.discard(ids)
+                except Exception:
+                    logger.exception(
+                        "could not remove %d answered messages from the outbox", len(ids)
+                    )
 
     def _cancelled(self, message_id: str) -> None:
         """A MessageFuture was cancelled (in the canceller's thread)."""
@@ -378,17 +382,7 @@ class Engine:
         mid = str(uuid.uuid4()) if message_id is None else message_id
         entry = self._new_entry(mid, content)
         if self._durable:
-            with self._send_lock:
-                with self._lock:
-                    self._check_can_send(mid)
-                # On disk before send() returns (and before it can be written).
-                self._outbox.add(mid, content)
-                with self._lock:
-                    if self._closing:
-                        raise ClientClosed("client is closed")
-                    self._machine.send(entry)
-                    self._apply([])
-            return entry.future
+            return self._send_durable(entry)
         with self._lock:
             self._check_can_send(mid)
             self._machine.send(entry)
@@ -397,18 +391,50 @@ class Engine:
                 self._writer_cv.notify()
         return entry.future
 
+    def _send_durable(self, entry: Entry) -> MessageFuture:
+        """Journal the message before it is queued; concurrent senders share commits."""
+        mid = entry.message_id
+        with self._lock:
+            self._check_can_send(mid)
+            self._reserved.add(mid)
+            reused = mid in self._forget_buffer
+        try:
+            if reused:
+                # The id was answered a moment ago: forget the old row before adding the new.
+                self._flush_forgets()
+            with self._forget_lock:
+                pass  # a batch being forgotten right now may hold this id: let it finish
+            # On disk before send() returns, and before the writer can see it. Sends that
+            # overlap in time have no order between them; each thread's order is kept.
+            self._outbox.add(mid, entry.content)
+        except BaseException:
+            with self._lock:
+                self._reserved.discard(mid)
+            raise
+        with self._lock:
+            self._reserved.discard(mid)
+            if self._closing:
+                raise ClientClosed("client is closed")  # stays in the file, like any unanswered
+            self._machine.send(entry)
+            self._apply([])
+        return entry.future
+
     def _check_can_send(self, message_id: str) -> None:
         """Caller holds self._lock."""
         if self._closing:
             raise ClientClosed("client is closed")
-        if message_id in self._machine.pending:
+        if message_id in self._machine.pending or message_id in self._reserved:
             raise ValueError(f"message_id {message_id!r} is already pending")
         if self._max_queued is not None and self._machine.queued >= self._max_queued:
             from wsync._errors import QueueFull
 
-            raise QueueFull(f"{self._machine.queued} messages queued (max_queued={self._max_queued})")
+            raise QueueFull(
+                f"{self._machine.queued} messages queued (max_queued={self._max_queued})"
+            )
 
-    def send_and_wait(self, content: str, timeout: float | None, message_id: str | None) -> Response:
+    def send_and_wait(
+        self, content: str, timeout: float | None, message_id: str | None
+    ) -> Response:
         future = self.send(content, message_id)
         try:
             return future.result(timeout)
@@ -569,7 +595,7 @@ class Engine:
             return
         with self._lock:
             self._opening = None
-            if self._closing:
+            if self.closing:  # the property: close() may have run while we were opening
                 later = [(Abort(generation, "client closed"), transport)]
             else:
                 actions = self._machine.on_open_succeeded(generation, self._clock())

@@ -10,7 +10,8 @@
     ├── ClientClosed
     ├── QueueFull
     ├── ServerError             (an 'error' frame; also a frozen attrs value)
-    └── ProtocolError           (a malformed frame; raised by wsync.protocol.decode)
+    ├── ProtocolError           (a malformed frame; raised by wsync.protocol.decode)
+    └── OutboxError             (wsync's addition: an outbox cannot be used)
 
 Messages never carry message content, header values or credentials.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "HandshakeError",
+    "OutboxError",
     "ProtocolError",
     "QueueFull",
     "ResponseTimeout",
@@ -64,6 +66,13 @@ class QueueFull(WsyncError):
 
 class ProtocolError(WsyncError):
     """A frame is malformed. The message names the field, never the frame's content."""
+
+
+class OutboxError(WsyncError):
+    """An outbox cannot be used: already claimed, released, locked by another client, or not ours.
+
+    The message names the outbox (for a file: its path) and non-secret ids, never content.
+    """
 
 
 @attrs.frozen(kw_only=True, eq=False, auto_exc=True)

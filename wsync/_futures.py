@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -31,15 +32,18 @@ class MessageFuture(Future["Response"]):
         self._on_cancel = on_cancel
 
     def __repr__(self) -> str:
-        return f"<MessageFuture {self.message_id} {self._state.lower()}>"  # type: ignore[attr-defined]
+        return f"<MessageFuture {self.message_id} {self._state.lower()}>"
 
     def cancel(self) -> bool:
         """Cancel the message if it is still queued; False once it was written.
 
         Thread-safe. A cancelled message leaves the queue (and the durable outbox).
         """
+        already = self.cancelled()
         cancelled = super().cancel()
-        if cancelled and self._on_cancel is not None:
+        # Only the cancel that did it withdraws the message: cancelling again must not touch
+        # a later message that reuses the id.
+        if cancelled and not already and self._on_cancel is not None:
             self._on_cancel(self.message_id)
         return cancelled
 
@@ -55,7 +59,7 @@ class MessageFuture(Future["Response"]):
 
         True also when the future was already done (cancelled): nothing is left to do.
         """
-        cond: Any = self._condition  # type: ignore[attr-defined]
+        cond: Any = self._condition
         with cond:
             if self.done():
                 return True
@@ -66,7 +70,7 @@ class MessageFuture(Future["Response"]):
 
     def try_set_exception_fast(self, error: BaseException) -> bool:
         """Like ``try_set_result_fast``, for an exception."""
-        cond: Any = self._condition  # type: ignore[attr-defined]
+        cond: Any = self._condition
         with cond:
             if self.done():
                 return True
@@ -77,14 +81,10 @@ class MessageFuture(Future["Response"]):
 
     def set_result_safe(self, result: Response) -> None:
         """Set the result unless the future is already done (cancelled or failed)."""
-        try:
+        with contextlib.suppress(Exception):  # InvalidStateError: cancelled or failed meanwhile
             self.set_result(result)
-        except Exception:  # InvalidStateError: cancelled or failed meanwhile
-            pass
 
     def set_exception_safe(self, error: BaseException) -> None:
         """Set the exception unless the future is already done."""
-        try:
+        with contextlib.suppress(Exception):
             self.set_exception(error)
-        except Exception:
-            pass

@@ -26,7 +26,7 @@ import enum
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final, Union
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -154,7 +154,7 @@ class Forget:
     message_ids: tuple[str, ...]
 
 
-Action = Union[Open, Abort, Notify, Resolve, Fail, OnResponse, OnError, Forget]
+Action = Open | Abort | Notify | Resolve | Fail | OnResponse | OnError | Forget
 
 
 def _with_cause(exc: BaseException, cause: BaseException | None) -> BaseException:
@@ -261,9 +261,10 @@ class Machine:
         elif self.status is Status.PENDING:
             if self.attempt_deadline is not None:
                 candidates.append(self.attempt_deadline)
-        elif self.status is Status.DISCONNECTED and self.trying:
-            if self.next_attempt_at is not None:
-                candidates.append(self.next_attempt_at)
+        elif (
+            self.status is Status.DISCONNECTED and self.trying and self.next_attempt_at is not None
+        ):
+            candidates.append(self.next_attempt_at)
         return min(candidates) if candidates else None
 
     def has_writes(self) -> bool:
@@ -489,8 +490,10 @@ class Machine:
                 if self._ping_sent_at is None:
                     self._ping_sent_at = now
                 # Schedule from the due time, not `now`: no drift when the timer is late,
-                # but never a burst of pings either.
-                self.next_ping_at = max(self.next_ping_at + self.heartbeat_interval, now)
+                # but never a burst of pings either when it is very late.
+                self.next_ping_at += self.heartbeat_interval
+                if self.next_ping_at <= now:
+                    self.next_ping_at = now + self.heartbeat_interval
                 self.wake_writer = True
         return actions
 
@@ -577,7 +580,9 @@ class Machine:
             self.malformed += 1
         return actions
 
-    def _on_confirm(self, frame: protocol.ConnectConfirm, now: float, actions: list[Action]) -> None:
+    def _on_confirm(
+        self, frame: protocol.ConnectConfirm, now: float, actions: list[Action]
+    ) -> None:
         if self.status is not Status.PENDING:
             self.malformed += 1  # a confirm outside the handshake means nothing
             return
@@ -651,8 +656,10 @@ class Machine:
         self, generation: int, now: float, limit: int = WRITE_BATCH
     ) -> tuple[list[Control], list[Entry]]:
         """The writer asks what to write on ``generation``: control frames, then messages."""
-        if generation != self.generation or not self._conn_open:
-            self.controls.clear()
+        if generation != self.generation:
+            return [], []
+        if not self._conn_open:
+            self.controls.clear()  # nothing to write them on
             return [], []
         controls = list(self.controls)
         self.controls.clear()

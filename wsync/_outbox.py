@@ -18,16 +18,9 @@ from collections.abc import Sequence
 
 import attrs
 
-from wsync._errors import WsyncError
+from wsync._errors import OutboxError
 
 __all__ = ["MemoryOutbox", "Outbox", "OutboxError", "StoredMessage"]
-
-
-class OutboxError(WsyncError):
-    """An outbox cannot be used: already claimed, released, locked by another client, or not ours.
-
-    The message names the outbox (for a file: its path) and non-secret ids, never content.
-    """
 
 
 @attrs.frozen(kw_only=True)

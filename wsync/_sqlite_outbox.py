@@ -143,22 +143,24 @@ class SQLiteOutbox:
 
     - ``"FULL"`` (the default): every commit is fsync'ed (``F_FULLFSYNC`` on macOS), so committed
       messages survive process kill, OS crash and power loss, given a disk that honours flushes.
-    - ``"NORMAL"``: commits reach the OS but are fsync'ed only at checkpoints. They survive
-      process kill and crash, not power loss or an OS crash, which may take the last commits
+    - ``"NORMAL"``: commits reach the OS but are fsync'ed only at checkpoints. They survive the
+      process being killed or crashing; an OS crash or power loss may take the last commits
       (never corrupting the file).
 
     ``FULL`` is the default because the promise of this class is "on disk before ``send()``
     returns"; ``NORMAL`` is the opt-in for callers who only fear their own process dying. The
     price is one fsync per commit, shared by every concurrent ``add`` (group commit: adds that
     arrive while a commit is in flight go out together in the next one). Measured with
-    ``python benchmarks/outbox_bench.py`` (ext4 on a virtio disk, where one fsync takes about
-    70 us; a laptop SSD takes 0.1 to 2 ms, a spinning disk 5 to 10): sequential adds cost about
-    190 us each with ``FULL`` and 25 us with ``NORMAL``; with 8 threads adding at once ``FULL``
-    costs about 40 us per message.
+    ``python benchmarks/outbox_bench.py`` on ext4 over a shared virtio disk, whose fsync took
+    0.07 to 1 ms depending on the host's load: a sequential ``add`` cost 0.14 to 1 ms with
+    ``FULL`` (about one fsync) and 40 to 100 us with ``NORMAL``. Eight threads adding at once
+    under ``FULL`` share each commit four ways, for 2.5 to 8 times the throughput of the same
+    adds serialized one commit each. Expect 0.1 to 2 ms per commit on a laptop SSD, 5 to 10 ms
+    on a spinning disk.
 
     Discards are not fsync'ed on their own, even with ``FULL``: a lost discard costs a duplicate
     resend (delivery is at-least-once anyway), and the next ``add`` commit or ``release``
-    makes it durable. Only power loss can lose one.
+    makes it durable. Only an OS crash or power loss can lose one.
 
     Thread-safe. The file must be on a local disk (WAL needs shared memory that network file
     systems do not provide).
@@ -259,8 +261,7 @@ class SQLiteOutbox:
         with self._cond:
             self._state = _CLAIMED
             self._cond.notify_all()
-        level = logging.INFO if leftovers else logging.DEBUG
-        logger.log(level, "claimed outbox %s: %d unanswered messages", self._path, len(leftovers))
+        logger.debug("claimed outbox %s: %d unanswered messages", self._path, len(leftovers))
         return leftovers
 
     def add(self, message_id: str, content: str) -> None:

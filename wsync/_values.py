@@ -90,7 +90,9 @@ class ConnectionState:
             ("attempt", str(self.attempt)),
             ("last error", escape(self.error or "—")),
         ]
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows)
+        body = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows
+        )
         return f"<table>{body}</table>"
 
 

@@ -51,8 +51,7 @@ __all__ = [
 
 PROTOCOL_VERSION: Final = "1.0"
 
-# ---------------------------------------------------------------------------------------------
-# Timestamps
+# --- Timestamps ---
 
 
 class _BadValue(ValueError):
@@ -127,26 +126,18 @@ def parse_timestamp(text: str) -> datetime:
         raise _BadValue("expected an ISO 8601 timestamp")
     year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
     try:
-        offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
         if int(off_m or 0) > 59:
             raise ValueError("offset minutes out of range")
-        dt = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second or 0),
-            int((fraction or "")[:6].ljust(6, "0")),
-            tzinfo=timezone(-offset if sign == "-" else offset),  # |offset| < 24 h, or ValueError
-        )
-        return dt.astimezone(timezone.utc)
+        offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
+        tz = timezone(-offset if sign == "-" else offset)  # |offset| < 24 h, or ValueError
+        micro = int((fraction or "")[:6].ljust(6, "0"))
+        y, mo, d, h, mi, sec = (int(part or 0) for part in (year, month, day, hour, minute, second))
+        return datetime(y, mo, d, h, mi, sec, micro, tzinfo=tz).astimezone(timezone.utc)
     except (ValueError, OverflowError) as exc:
         raise _BadValue("invalid date or time") from exc
 
 
-# ---------------------------------------------------------------------------------------------
-# Frames
+# --- Frames ---
 
 
 def _id(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
@@ -155,12 +146,6 @@ def _id(instance: object, attribute: attrs.Attribute[str], value: object) -> Non
         raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{attribute.name} must not be empty")
-
-
-def _optional_id(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
-    """Validate an optional id: None or a non-empty ``str``."""
-    if value is not None:
-        _id(instance, attribute, value)  # type: ignore[arg-type]  # same check, narrower type
 
 
 def _aware(instance: object, attribute: attrs.Attribute[datetime], value: datetime) -> None:
@@ -235,7 +220,7 @@ class Error:
 
     error: str
     timestamp: datetime = attrs.field(validator=_aware)
-    message_id: str | None = attrs.field(default=None, validator=_optional_id)
+    message_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(_id))
 
 
 Frame: TypeAlias = Connect | ConnectConfirm | Ping | Pong | Message | Response | Error
@@ -251,8 +236,7 @@ TAGS: Final[dict[type, str]] = {
 }
 _CLASSES: Final[dict[str, type]] = {tag: cls for cls, tag in TAGS.items()}
 
-# ---------------------------------------------------------------------------------------------
-# The converter
+# --- The converter ---
 
 _JSON_TYPE_NAMES: Final = {
     dict: "object",
@@ -275,22 +259,15 @@ def _structure_str(value: object, _: object) -> str:
     return value
 
 
-def _structure_int(value: object, _: object) -> int:
-    if type(value) is not int:  # bool is a subclass of int: rejected here
-        raise _WrongType(f"expected integer, got {_json_type(value)}")
-    return value
+def _strict(name: str, *types: type) -> Callable[[object, object], Any]:
+    """Return a hook accepting exactly ``types`` (so True is no int), made ``types[0]``."""
 
+    def structure(value: object, _: object) -> Any:
+        if type(value) not in types:
+            raise _WrongType(f"expected {name}, got {_json_type(value)}")
+        return types[0](value)
 
-def _structure_float(value: object, _: object) -> float:
-    if type(value) is not float and type(value) is not int:
-        raise _WrongType(f"expected number, got {_json_type(value)}")
-    return float(value)
-
-
-def _structure_bool(value: object, _: object) -> bool:
-    if type(value) is not bool:
-        raise _WrongType(f"expected boolean, got {_json_type(value)}")
-    return value
+    return structure
 
 
 def _structure_timestamp(value: object, _: object) -> datetime:
@@ -323,16 +300,16 @@ def make_converter() -> cattrs.Converter:
     """
     converter = cattrs.Converter()  # detailed_validation=True: errors carry field paths
     converter.register_structure_hook(str, _structure_str)
-    converter.register_structure_hook(int, _structure_int)
-    converter.register_structure_hook(float, _structure_float)
-    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(int, _strict("integer", int))
+    converter.register_structure_hook(float, _strict("number", float, int))
+    converter.register_structure_hook(bool, _strict("boolean", bool))
     converter.register_structure_hook(datetime, _structure_timestamp)
     converter.register_unstructure_hook(datetime, format_timestamp)
 
     def structure_factory(cls: type) -> Callable[[Any, Any], Any]:
         overrides: dict[str, Any] = {}
         for field in attrs.fields(attrs.resolve_types(cls)):
-            hook = None
+            hook = None  # ids must be non-empty (see _id); checked here so errors name the field
             if field.name.endswith("_id"):
                 hook = _structure_optional_id if field.default is None else _structure_id
             overrides[field.name] = override(rename=_camel(field.name), struct_hook=hook)
@@ -354,8 +331,7 @@ def make_converter() -> cattrs.Converter:
 
 CONVERTER: Final = make_converter()
 
-# ---------------------------------------------------------------------------------------------
-# Encoding
+# --- Encoding ---
 
 _escape: Final = json.encoder.encode_basestring_ascii  # str -> quoted ASCII JSON string
 
@@ -379,29 +355,22 @@ def encode(frame: Frame) -> str:
 
 
 def encode_message(*, client_id: str, message_id: str, content: str, timestamp: datetime) -> str:
-    """Return the same text as ``encode(Message(...))`` with these fields, about 10x faster.
+    """Return the same text as ``encode(Message(...))`` with these fields, about 3x faster.
 
     Raises:
         TypeError: an id or ``content`` is not a ``str``.
         ValueError: an id is empty, or ``timestamp`` is naive.
     """
     if not client_id or not message_id or type(client_id) is not str or type(message_id) is not str:
+        # Bad ids: raise exactly what Message(...) raises. Good ones skip building a Message.
         Message(client_id=client_id, message_id=message_id, content=content, timestamp=timestamp)
     return (
-        '{"type":"message","clientId":'
-        + _escape(client_id)
-        + ',"content":'
-        + _escape(content)
-        + ',"timestamp":"'
-        + format_timestamp(timestamp)
-        + '","messageId":'
-        + _escape(message_id)
-        + "}"
+        f'{{"type":"message","clientId":{_escape(client_id)},"content":{_escape(content)},'
+        f'"timestamp":"{format_timestamp(timestamp)}","messageId":{_escape(message_id)}}}'
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Decoding
+# --- Decoding ---
 
 
 def decode(text: str) -> Frame:
@@ -418,7 +387,7 @@ def decode(text: str) -> Frame:
             string ``type``, or a required field missing, mistyped or invalid. The message
             names the field path and what was expected, never a value from the frame.
     """
-    if type(text) is not str:
+    if not isinstance(text, str):
         raise ProtocolError(f"expected a text frame (str), got {type(text).__name__}")
     try:
         obj = _loads(text)
@@ -440,9 +409,8 @@ _scan_once: Final[Callable[[str, int], tuple[Any, int]]] = vars(json.JSONDecoder
 def _loads(text: str) -> Any:
     """Return ``json.loads(text)``, about 1 us sooner for the usual ``{...}`` text.
 
-    Scanning from the opening brace to the very end is exactly what ``json.loads`` does for
-    such text (no BOM, no surrounding whitespace); anything else, including every error,
-    is left to ``json.loads`` itself so that its results and exceptions are the reference.
+    For text that starts with ``{`` and scans to its very end, this is what ``json.loads``
+    does; anything else, including every error, is left to ``json.loads`` itself.
     """
     if text[:1] == "{":
         try:
@@ -462,24 +430,21 @@ def _decode_fast(obj: dict[str, Any]) -> Frame | None:
     unusual, including every error, goes to the converter, which also words the message.
     """
     tag = obj.get("type")
-    if tag == "response":
-        message_id = obj.get("messageId")
-        content = obj.get("content")
-        stamp = obj.get("timestamp")
-        if type(message_id) is str and message_id and type(content) is str and type(stamp) is str:
-            try:
+    stamp = obj.get("timestamp")
+    if type(stamp) is not str:
+        return None
+    try:
+        if tag == "response":
+            message_id = obj.get("messageId")
+            content = obj.get("content")
+            if type(message_id) is str and message_id and type(content) is str:
                 return Response(
                     message_id=message_id, content=content, timestamp=parse_timestamp(stamp)
                 )
-            except ValueError:
-                return None
-    elif tag == "pong":
-        stamp = obj.get("timestamp")
-        if type(stamp) is str:
-            try:
-                return Pong(timestamp=parse_timestamp(stamp))
-            except ValueError:
-                return None
+        elif tag == "pong":
+            return Pong(timestamp=parse_timestamp(stamp))
+    except ValueError:
+        pass
     return None
 
 
@@ -498,21 +463,16 @@ def _decode_object(obj: object) -> Frame:
         # mypy: structure() wants a type[T]; a Union alias is a valid target at runtime.
         frame: Frame = CONVERTER.structure(obj, Frame)  # type: ignore[arg-type]
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
-        details = cattrs.transform_error(exc, format_exception=_describe)
-        raise ProtocolError(f"malformed {tag} frame: " + "; ".join(_camel_paths(details))) from exc
+        # transform_error names attributes (``@ $.message_id``); the wire names are camelCase.
+        details = [
+            _ATTRIBUTE_PATH.sub(lambda m: "@ $." + _camel(m[1]), line)
+            for line in cattrs.transform_error(exc, format_exception=_describe)
+        ]
+        raise ProtocolError(f"malformed {tag} frame: " + "; ".join(details)) from exc
     return frame
 
 
-_PATH_SEGMENT: Final = re.compile(r"(?<=\.)[a-z][a-z0-9_]*")
-
-
-def _camel_paths(details: list[str]) -> list[str]:
-    """Rewrite the attribute names in transform_error's ``@ $.message_id`` paths as wire names."""
-    lines = []
-    for line in details:
-        text, sep, path = line.rpartition(" @ ")
-        lines.append(text + sep + _PATH_SEGMENT.sub(lambda m: _camel(m.group()), path))
-    return lines
+_ATTRIBUTE_PATH: Final = re.compile(r"@ \$\.([a-z][a-z0-9_]*)$")
 
 
 def _describe(exc: BaseException, _type: object) -> str:

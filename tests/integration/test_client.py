@@ -117,9 +117,9 @@ class TestSend:
 
     def test_custom_handler_response(self) -> None:
         """The response content is whatever the server's handler returns."""
-        with ProtocolServer(handler=lambda content, cid: content.upper()) as srv:
-            with Client(srv.url, backoff=FAST) as c:
-                assert c.send_and_wait("abc", timeout=TIMEOUT).content == "ABC"
+        upper = ProtocolServer(handler=lambda content, cid: content.upper())
+        with upper as srv, Client(srv.url, backoff=FAST) as c:
+            assert c.send_and_wait("abc", timeout=TIMEOUT).content == "ABC"
 
     def test_duplicate_pending_message_id_is_refused(self, client: Client) -> None:
         """A caller-given message_id that is already pending raises ValueError."""
@@ -213,7 +213,9 @@ class TestFutures:
         finally:
             c.close()
 
-    def test_response_timeout_is_a_timeout_error(self, client: Client, server: ProtocolServer) -> None:
+    def test_response_timeout_is_a_timeout_error(
+        self, client: Client, server: ProtocolServer
+    ) -> None:
         """No response in time raises ResponseTimeout, also a TimeoutError."""
         client.connect(timeout=TIMEOUT)
         server.hold_responses()
@@ -271,7 +273,9 @@ class TestValidation:
             ({"max_frame_size": 0}, ValueError),
         ],
     )
-    def test_bad_option_raises_at_construction(self, kwargs: dict[str, object], error: type) -> None:
+    def test_bad_option_raises_at_construction(
+        self, kwargs: dict[str, object], error: type
+    ) -> None:
         """A bad option raises ValueError/TypeError in the caller's thread, at construction."""
         with pytest.raises(error):
             Client("ws://127.0.0.1:1", **kwargs)  # type: ignore[arg-type]

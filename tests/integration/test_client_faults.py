@@ -123,7 +123,9 @@ class TestHeartbeat:
         server.resume_pongs()
         assert recorder.wait_status(Status.CONFIRMED, 2)
 
-    def test_pings_are_sent_and_rtt_measured(self, client: Client, server: ProtocolServer) -> None:
+    def test_pings_are_sent_and_rtt_measured(
+        self, client: Client, server: ProtocolServer
+    ) -> None:
         """While CONFIRMED the client pings every interval; stats().last_rtt comes from pongs."""
         client.connect(timeout=TIMEOUT)
         assert server.wait_until(lambda: server.pings_received >= 2, TIMEOUT)
@@ -131,7 +133,9 @@ class TestHeartbeat:
         rtt = client.stats().last_rtt
         assert rtt is not None and 0 <= rtt < TIMEOUT
 
-    def test_server_ping_is_answered_with_pong(self, client: Client, server: ProtocolServer) -> None:
+    def test_server_ping_is_answered_with_pong(
+        self, client: Client, server: ProtocolServer
+    ) -> None:
         """A ping from the server gets a pong."""
         client.connect(timeout=TIMEOUT)
         before = server.pongs_received

@@ -41,7 +41,7 @@ SECRET = "s3cr3t-t0ken-do-not-log"
 T = datetime(2026, 11, 27, 13, 40, 30, 123000, tzinfo=timezone.utc)
 TS = "2026-11-27T13:40:30.123Z"
 UTC = timezone.utc
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 FRAMES: list[Frame] = [
     Connect(client_id="c-1", timestamp=T),
@@ -97,6 +97,7 @@ json_values = st.recursive(
     ),
     max_leaves=10,
 )
+json_objects = st.dictionaries(st.text(max_size=5), json_values, max_size=3)
 TIMESTAMP_LIKE = [
     TS,
     "2026-11-27T13:40:30Z",
@@ -239,6 +240,7 @@ class TestTimestamps:
             "2026-11-27T13:40:30+24:00",
             "2026-11-27T13:40:30+01:60",
             "\u0662\u0660\u0662\u0666-11-27T13:40:30Z",
+            "\u0662\u0660\u0662\u0666-11-27T13:40:30.123Z",
             "0001-01-01T00:00:00+01:00",
             " 2026-11-27T13:40:30Z",
         ],
@@ -533,10 +535,16 @@ class TestFastPaths:
             st.text(),
             json_values.map(json.dumps),
             st.builds("{}{}".format, st.text(), json_values.map(json.dumps)),
+            st.builds("{}{}".format, json_objects.map(json.dumps), st.text(max_size=3)),
         )
     )
     def test_loads_matches_json_loads(self, text: str) -> None:
         """_loads returns what json.loads returns, and raises where it raises."""
+        assert _outcome(_loads, text) == _outcome(json.loads, text)
+
+    @pytest.mark.parametrize("text", ['{"a":1} x', '{"a":1}{}', '{"a":1}  ', '{"a":', "{\ufeff}"])
+    def test_loads_trailing_text(self, text: str) -> None:
+        """Text after the object, or a broken object, gets json.loads' own outcome."""
         assert _outcome(_loads, text) == _outcome(json.loads, text)
 
 

@@ -33,8 +33,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from websockets.http11 import Request
-from websockets.http11 import Response as HTTPResponse
 from websockets.sync.server import Server, ServerConnection, serve
 
 from wsync.protocol import Error, Ping, encode, now
@@ -45,8 +43,10 @@ from wsync.testing._support import (
     Received,
     UpgradeRequest,
     abort_socket,
+    check_count,
+    check_handler,
     check_host,
-    echo,
+    check_options,
     url_host,
 )
 
@@ -57,12 +57,6 @@ logger = logging.getLogger(__name__)
 _ORDERS: Final = ("fifo", "reverse", "shuffle")
 _T = TypeVar("_T")
 _RESTART_DOWN_TIMEOUT: Final = 5.0
-
-
-def _count(name: str, n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {n!r}")
-    return n
 
 
 class ProtocolServer:
@@ -120,17 +114,7 @@ class ProtocolServer:
         open_timeout: float = 5.0,
     ) -> None:
         check_host(host, allow_remote=allow_remote)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-        if handler is not None and not callable(handler):
-            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError(
-                f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}"
-            )
-        for name, value in (("close_timeout", close_timeout), ("open_timeout", open_timeout)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        check_options(port, ssl_context, close_timeout=close_timeout, open_timeout=open_timeout)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -139,7 +123,7 @@ class ProtocolServer:
         self._ws_logger = QuietLogger(logging.getLogger("wsync.testing.websockets"), {})
         self._local = threading.local()  # .number: the accepted socket's number, per conn thread
         self._connection_class = self._make_connection_class()
-        self._state = ServerState(handler if handler is not None else echo)
+        self._state = ServerState(check_handler(handler))
         # Guarded by self._state.lock, like all of the state:
         self._server: Server | None = None
         self._stopping = False  # stop() was called: a restart under way must stay down
@@ -260,9 +244,7 @@ class ProtocolServer:
 
     @handler.setter
     def handler(self, handler: Handler | None) -> None:
-        if handler is not None and not callable(handler):
-            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        self._state.handler = handler if handler is not None else echo
+        self._state.handler = check_handler(handler)
 
     @property
     def listening(self) -> bool:
@@ -291,7 +273,10 @@ class ProtocolServer:
 
     @property
     def handshakes_total(self) -> int:
-        """Genuine ``connect_confirm`` frames written (refused and mismatched ones excluded)."""
+        """Genuine ``connect_confirm`` frames sent (refused and mismatched ones excluded).
+
+        Like every counter here, it is updated before the frame is written.
+        """
         return self._locked(lambda s: s.handshakes_total)
 
     @property
@@ -363,14 +348,7 @@ class ProtocolServer:
                 handshake then completes on each connection's worker).
             code: the close code of a clean close.
         """
-        state = self._state
-        with state.lock:
-            peers = [peer for peer in state.peers.values() if not peer.closing]
-            for peer in peers:
-                peer.closing = True
-                if clean:
-                    peer.close_code = code
-            state.changed()
+        peers = self._state.close_peers(code if clean else None)
         if not clean:
             for peer in peers:
                 abort_socket(peer.conn.socket)
@@ -400,7 +378,7 @@ class ProtocolServer:
 
     def reject_handshakes(self, n: int = 1, error: str = "rejected") -> None:
         """Answer the next ``n`` ``connect`` frames with an ``error`` frame, then close (1008)."""
-        self._state.set(reject=_count("n", n), reject_error=error)
+        self._state.set(reject=check_count("n", n), reject_error=error)
 
     def mismatch_handshakes(
         self, n: int = 1, *, client_id: str = "someone-else", status: str | None = None
@@ -414,12 +392,12 @@ class ProtocolServer:
                 ``status`` instead.
         """
         self._state.set(
-            mismatch=_count("n", n), mismatch_client_id=client_id, mismatch_status=status
+            mismatch=check_count("n", n), mismatch_client_id=client_id, mismatch_status=status
         )
 
     def refuse_upgrades(self, n: int = 1, status: int = 503) -> None:
         """Answer the next ``n`` HTTP upgrade requests with HTTP ``status`` instead of 101."""
-        self._state.set(refuse=_count("n", n), refuse_status=status)
+        self._state.set(refuse=check_count("n", n), refuse_status=status)
 
     def hold_responses(self) -> None:
         """Keep every response that falls due from now on, until ``release_responses()``."""
@@ -437,10 +415,7 @@ class ProtocolServer:
         """
         if order not in _ORDERS:
             raise ValueError(f"order must be one of {', '.join(_ORDERS)}, got {order!r}")
-        state = self._state
-        with state.lock:
-            held, state.held, state.holding = state.held, [], False
-            state.changed()
+        held = self._state.take_held()
         if order == "reverse":
             held.reverse()
         elif order == "shuffle":
@@ -453,9 +428,7 @@ class ProtocolServer:
         Works during ``stall()`` too: it is the test talking, not the server answering.
         Returns how many connections it was written to.
         """
-        with self._state.lock:
-            peers = [peer for peer in self._state.peers.values() if not peer.closing]
-        return sum(send(peer, data) for peer in peers)
+        return sum(send(peer, data) for peer in self._state.open_peers())
 
     def send_error(self, text: str, message_id: str | None = None) -> int:
         """Send an ``error`` frame to every open connection; returns how many."""
@@ -501,7 +474,7 @@ class ProtocolServer:
             self.host,
             self.port,
             ssl=self.ssl_context,
-            process_request=self._process_request,
+            process_request=self._state.on_upgrade,
             compression=None,
             open_timeout=self._open_timeout,
             ping_interval=None,  # the protocol has its own ping; websockets' would interfere
@@ -546,13 +519,8 @@ class ProtocolServer:
             if server is None:
                 return
             state.running = False
-            peers = list(state.peers.values())
-            for peer in peers:
-                peer.closing = True
-                if clean and peer.close_code is None:
-                    peer.close_code = GOING_AWAY
             sockets = dict(self._sockets)
-            state.changed()
+        peers = state.close_peers(GOING_AWAY if clean else None, everyone=True)
         upgraded = {id(peer.conn.socket) for peer in peers}
         for sock in sockets.values():
             if not clean or id(sock) not in upgraded:
@@ -609,17 +577,6 @@ class ProtocolServer:
             with self._state.lock:
                 del self._sockets[thread]
                 self._state.changed()
-
-    def _process_request(self, conn: ServerConnection, request: Request) -> HTTPResponse | None:
-        state = self._state
-        with state.lock:
-            headers = tuple(request.headers.raw_items())
-            state.upgrades.append(UpgradeRequest(path=request.path, headers=headers))
-            refuse, status = state.refuse > 0, state.refuse_status
-            if refuse:
-                state.refuse -= 1
-            state.changed()
-        return conn.respond(status, "upgrade refused by the test server\n") if refuse else None
 
     def _serve_connection(self, conn: ServerConnection) -> None:
         """websockets' connection handler: runs on ``wsync-server-conn-N`` after the upgrade."""

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
+from websockets.http11 import Response as HTTPResponse
 from websockets.sync.server import ServerConnection
 
 from wsync._errors import ProtocolError
@@ -46,7 +48,7 @@ from wsync.testing._support import Handler, Received, UpgradeRequest
 
 __all__ = ["GOING_AWAY", "POLICY_VIOLATION", "Peer", "ServerState"]
 
-logger = logging.getLogger("wsync.testing._server")
+logger = logging.getLogger(__name__)
 
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
@@ -144,7 +146,52 @@ class ServerState:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self.cond.wait_for(lambda seen=generation: self.generation != seen, remaining)
+                self.cond.wait_for(functools.partial(self._moved_on, generation), remaining)
+
+    def _moved_on(self, generation: int) -> bool:
+        return self.generation != generation
+
+    # -- connections as a whole ---------------------------------------------------------------
+
+    def open_peers(self) -> list[Peer]:
+        """The connections that are open and not being closed."""
+        with self.lock:
+            return [peer for peer in self.peers.values() if not peer.closing]
+
+    def close_peers(self, code: int | None, *, everyone: bool = False) -> list[Peer]:
+        """Mark connections as closing; returns them. The caller resets them if ``code`` is None.
+
+        Args:
+            code: the close code the workers send for a clean close, or None.
+            everyone: include connections already closing, so that nothing escapes a stop.
+                A clean close already requested keeps its code; closing twice is harmless.
+        """
+        with self.lock:
+            peers = [peer for peer in self.peers.values() if everyone or not peer.closing]
+            for peer in peers:
+                peer.closing = True
+                if code is not None and peer.close_code is None:
+                    peer.close_code = code
+            self.changed()
+        return peers
+
+    def take_held(self) -> list[tuple[Peer, str]]:
+        """Stop holding responses; return those held, in the order they fell due."""
+        with self.lock:
+            held, self.held, self.holding = self.held, [], False
+            self.changed()
+        return held
+
+    def on_upgrade(self, conn: ServerConnection, request: Request) -> HTTPResponse | None:
+        """websockets' ``process_request``: record the request, refuse it if asked to."""
+        with self.lock:
+            headers = tuple(request.headers.raw_items())
+            self.upgrades.append(UpgradeRequest(path=request.path, headers=headers))
+            refuse, status = self.refuse > 0, self.refuse_status
+            if refuse:
+                self.refuse -= 1
+            self.changed()
+        return conn.respond(status, "upgrade refused by the test server\n") if refuse else None
 
     # -- the reader: wsync-server-conn-N ------------------------------------------------------
 
@@ -223,20 +270,22 @@ class ServerState:
                 )
             else:
                 peer.confirmed = True
+                # Counted before the confirm is written, like every counter here: whatever
+                # a client has seen, the server's counters already show.
+                self.handshakes_total += 1
+                self.changed()
                 reply = ConnectConfirm(
                     client_id=frame.client_id,
                     conversation_id=peer.conversation_id,
                     status="confirmed",
                     timestamp=now(),
                 )
-            genuine = peer.confirmed and isinstance(reply, ConnectConfirm)
-        sent = send(peer, encode(reply))
-        with self.lock:
-            if close and not peer.closing:
-                peer.closing, peer.close_code = True, POLICY_VIOLATION
-            if sent and genuine:
-                self.handshakes_total += 1
-            self.changed()
+        send(peer, encode(reply))
+        if close:
+            with self.lock:
+                if not peer.closing:
+                    peer.closing, peer.close_code = True, POLICY_VIOLATION
+                    self.changed()
 
     def _on_message(self, peer: Peer, frame: Message) -> None:
         with self.lock:

@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 from datetime import datetime
@@ -23,7 +24,10 @@ __all__ = [
     "Received",
     "UpgradeRequest",
     "abort_socket",
+    "check_count",
+    "check_handler",
     "check_host",
+    "check_options",
     "echo",
     "url_host",
 ]
@@ -78,6 +82,44 @@ class UpgradeRequest:
         """Return the first value of header ``name`` (case-insensitive), or None."""
         wanted = name.lower()
         return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+
+def check_count(name: str, n: object) -> int:
+    """Return ``n`` if it is an int >= 0 (not a bool), else raise ``ValueError``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {n!r}")
+    return n
+
+
+def check_handler(handler: object) -> Handler:
+    """Return ``handler``, or ``echo`` for None.
+
+    Raises:
+        TypeError: ``handler`` is not callable.
+    """
+    if handler is None:
+        return echo
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+    return handler
+
+
+def check_options(
+    port: object, ssl_context: object, *, close_timeout: float, open_timeout: float
+) -> None:
+    """Validate ``ProtocolServer``'s other arguments.
+
+    Raises:
+        ValueError: ``port`` is not an int in 0..65535, or a timeout is not > 0.
+        TypeError: ``ssl_context`` is neither None nor an ``ssl.SSLContext``.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}")
+    for name, value in (("close_timeout", close_timeout), ("open_timeout", open_timeout)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 def check_host(host: str, *, allow_remote: bool) -> None:

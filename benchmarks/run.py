@@ -1,0 +1,1223 @@
+"""wsync benchmarks (issue 6): wsync side by side with raw websocket-client and websockets.
+
+A report, not a test: it exits non-zero only when a benchmark fails to run, never because a
+target is missed. Run from the project root::
+
+    python benchmarks/run.py              # the full run (a few minutes); writes BENCHMARKS.md
+    python benchmarks/run.py --quick      # a smoke run (well under 60 s); writes nothing
+    python benchmarks/run.py --n 100000 --reps 7 --output /tmp/b.md
+
+What it does:
+
+- starts ONE protocol server (``benchmarks/bench_server.py``, asyncio, its own framing, answers
+  batched per read) in a separate process, and asks it for its CPU time around every timed
+  window, so the report shows how busy it was (it must never be the bottleneck);
+- measures, in the same run, alternating contestants (the starting contestant rotates every
+  repetition), each repetition on a fresh connection with a warm-up that is not timed:
+
+  * pipelined throughput: N messages of 100 characters, 64 in flight; wsync with its futures
+    (wait for the oldest when 64 are out) vs websocket-client (skip_utf8_validation=True) and
+    websockets' sync client, each with a reader thread and a sender keeping 64 in flight
+    (a semaphore), the same JSON frames (uuid4 messageId, ISO timestamp), correlated by
+    messageId in a dict. A fourth, single-threaded raw-socket client with pre-built frames
+    measures the server's ceiling;
+  * sequential latency: ``send_and_wait`` vs the same loop by hand (send, recv, json.loads);
+  * queue flush: N messages ``send()`` before ``connect()``, timed from CONFIRMED
+    (``on_state_change``) to the last response;
+  * reconnect: the server resets every connection; time from the reset to CONFIRMED, minus the
+    backoff delay, for ``Backoff(initial=0)`` and ``Backoff(initial=0.02)``;
+  * memory per queued message (tracemalloc), RSS and threads per idle connected client, idle
+    CPU of a connected client: each in a fresh child process.
+
+Medians over repetitions; ratios are ratios of medians. Nothing is pinned to a core: client and
+server share the machine's cores, as they would on a developer's laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import websocket  # noqa: E402 - after the path fix above
+import websockets  # noqa: E402
+from websockets.sync.client import connect as ws_connect  # noqa: E402
+
+import wsync  # noqa: E402
+from wsync import Backoff, Status  # noqa: E402
+
+CONTENT = "x" * 100  # 100 bytes of content, as the issue says
+WINDOW = 64
+HEARTBEAT = 3600.0  # no heartbeat inside a timed window
+SERVER_SCRIPT = Path(__file__).resolve().with_name("bench_server.py")
+_escape = json.encoder.encode_basestring_ascii
+
+
+# ---------------------------------------------------------------------------------------------
+# The server process
+
+
+class Server:
+    """The benchmark server in a child process, driven over its stdin/stdout."""
+
+    def __init__(self, impl: str = "raw") -> None:
+        self.impl = impl
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER_SCRIPT), "--impl", impl],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            raise RuntimeError(f"benchmark server did not start: {line!r}")
+        self.port = int(line[1])
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+
+    def command(self, text: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with self._lock:
+            self.proc.stdin.write(text + "\n")
+            self.proc.stdin.flush()
+            return self.proc.stdout.readline().strip()
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(self.command("stats"))
+
+    def drop(self) -> float:
+        """Reset every connection; return the server's CLOCK_MONOTONIC time of the reset."""
+        answer = self.command("drop").split()
+        if answer[0] != "dropped":
+            raise RuntimeError(f"drop failed: {answer}")
+        return float(answer[2])
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Window:
+    """One timed window: wall time, this process's CPU time, the server's CPU time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def __enter__(self) -> Window:
+        self.s0 = self.server.stats()
+        self.c0 = _cpu()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = _cpu() - self.c0
+        s1 = self.server.stats()
+        self.server_cpu = s1["cpu"] - self.s0["cpu"]
+        self.server_writes = s1["writes"] - self.s0["writes"]
+        self.server_frames = s1["frames_out"] - self.s0["frames_out"]
+
+
+def _cpu() -> float:
+    # CLOCK_PROCESS_CPUTIME_ID: every thread of this process, nanosecond resolution
+    # (os.times() counts 10 ms ticks, far too coarse for an idle client).
+    return time.process_time()
+
+
+# ---------------------------------------------------------------------------------------------
+# The work every raw contestant does by hand (wsync does the same inside)
+
+
+def _stamp() -> str:
+    dt = datetime.now(timezone.utc)
+    return dt.isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _message(client_id: str, message_id: str) -> str:
+    return json.dumps(
+        {
+            "type": "message",
+            "clientId": client_id,
+            "content": CONTENT,
+            "timestamp": _stamp(),
+            "messageId": message_id,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _connect_frame(client_id: str) -> str:
+    return json.dumps(
+        {"type": "connect", "clientId": client_id, "timestamp": _stamp(), "version": "1.0"},
+        separators=(",", ":"),
+    )
+
+
+def _handshake(send: Callable[[str], Any], recv: Callable[[], Any], client_id: str) -> None:
+    send(_connect_frame(client_id))
+    confirm = json.loads(recv())
+    if confirm.get("type") != "connect_confirm" or confirm.get("clientId") != client_id:
+        raise RuntimeError(f"bad confirm: {confirm.get('type')}")
+
+
+class RawPipe:
+    """A reader thread and a sender keeping WINDOW in flight, over any send/recv pair."""
+
+    def __init__(self, send: Callable[[str], Any], recv: Callable[[], Any]) -> None:
+        self.send = send
+        self.recv = recv
+        self.client_id = str(uuid.uuid4())
+        _handshake(send, recv, self.client_id)
+
+    def run(self, count: int) -> None:
+        pending: dict[str, bool] = {}
+        slots = threading.Semaphore(WINDOW)
+        error: list[BaseException] = []
+        send, recv, loads, client_id = self.send, self.recv, json.loads, self.client_id
+
+        def reader() -> None:
+            try:
+                release = slots.release
+                pop = pending.pop
+                for _ in range(count):
+                    obj = loads(recv())
+                    pop(obj["messageId"])
+                    release()
+            except BaseException as exc:  # reported by the sender
+                error.append(exc)
+                for _ in range(WINDOW):
+                    slots.release()
+
+        thread = threading.Thread(target=reader, name="bench-reader")
+        thread.start()
+        acquire = slots.acquire
+        for _ in range(count):
+            acquire()
+            if error:
+                break
+            mid = str(uuid.uuid4())
+            pending[mid] = True
+            send(_message(client_id, mid))
+        thread.join()
+        if error:
+            raise error[0]
+        if pending:
+            raise RuntimeError(f"{len(pending)} responses missing")
+
+
+# ---------------------------------------------------------------------------------------------
+# Contestants: pipelined throughput
+
+
+@contextlib.contextmanager
+def wsync_client(url: str, **options: Any) -> Iterator[wsync.Client]:
+    client = wsync.Client(url, heartbeat_interval=HEARTBEAT, **options)
+    try:
+        client.connect(timeout=10)
+        yield client
+    finally:
+        client.close()
+
+
+def _wsync_pipeline(client: wsync.Client, count: int) -> None:
+    window: deque[Any] = deque()
+    send = client.send
+    popleft, append = window.popleft, window.append
+    for _ in range(count):
+        if len(window) >= WINDOW:
+            popleft().result(30)
+        append(send(CONTENT))
+    for future in window:
+        future.result(30)
+
+
+def pipe_wsync(server: Server, n: int, warm: int) -> Window:
+    with wsync_client(server.url) as client:
+        _wsync_pipeline(client, warm)
+        with Window(server) as window:
+            _wsync_pipeline(client, n)
+    return window
+
+
+def pipe_websocket_client(server: Server, n: int, warm: int) -> Window:
+    ws = websocket.create_connection(server.url, skip_utf8_validation=True, enable_multithread=True)
+    try:
+        pipe = RawPipe(ws.send, ws.recv)
+        pipe.run(warm)
+        with Window(server) as window:
+            pipe.run(n)
+    finally:
+        ws.close()
+    return window
+
+
+def _websockets_connect(url: str) -> Any:
+    return ws_connect(url, compression=None, proxy=None, ping_interval=None, max_size=None)
+
+
+def pipe_websockets(server: Server, n: int, warm: int) -> Window:
+    with _websockets_connect(server.url) as ws:
+        pipe = RawPipe(ws.send, ws.recv)
+        pipe.run(warm)
+        with Window(server) as window:
+            pipe.run(n)
+    return window
+
+
+class CeilingClient:
+    """A single-threaded raw-socket WebSocket client with pre-built frames: the server's ceiling.
+
+    It does none of the client-side work (no JSON, no ids, no threads), so what it measures is
+    how fast the server answers: if that is well above every contestant's rate, the server is
+    not what limits them.
+    """
+
+    def __init__(self, port: int) -> None:
+        import base64
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16))
+        self.sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(4096)
+        self.buf = head.split(b"\r\n\r\n", 1)[1]
+        client_id = str(uuid.uuid4())
+        self.sock.sendall(self._frame(_connect_frame(client_id)))
+        self._responses(1)
+
+    @staticmethod
+    def _frame(text: str) -> bytes:
+        data = text.encode()
+        n = len(data)
+        head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
+        return head + b"\0\0\0\0" + data  # a zero mask key: the payload is its own masked form
+
+    def _responses(self, want: int) -> int:
+        """Read until at least one frame arrived; return how many (at most ``want`` expected)."""
+        got = 0
+        while not got:
+            data = self.sock.recv(262144)
+            if not data:
+                raise RuntimeError("server closed")
+            buf = self.buf + data
+            pos, n = 0, len(buf)
+            while n - pos >= 2:
+                length = buf[pos + 1] & 0x7F
+                head = 2
+                if length == 126:
+                    if n - pos < 4:
+                        break
+                    length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                    head = 4
+                if n - pos < head + length:
+                    break
+                pos += head + length
+                got += 1
+            self.buf = buf[pos:]
+        return got
+
+    def run(self, count: int) -> None:
+        client_id = str(uuid.uuid4())
+        frames = [self._frame(_message(client_id, str(uuid.uuid4()))) for _ in range(count)]
+        self.timed(frames)
+
+    def timed(self, frames: list[bytes]) -> None:
+        sent = done = 0
+        count = len(frames)
+        while done < count:
+            room = min(WINDOW - (sent - done), count - sent)
+            if room > 0:
+                self.sock.sendall(b"".join(frames[sent : sent + room]))
+                sent += room
+            done += self._responses(sent - done)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def pipe_ceiling(server: Server, n: int, warm: int) -> Window:
+    client = CeilingClient(server.port)
+    try:
+        client.run(warm)
+        cid = str(uuid.uuid4())
+        frames = [client._frame(_message(cid, str(uuid.uuid4()))) for _ in range(n)]
+        with Window(server) as window:
+            client.timed(frames)
+    finally:
+        client.close()
+    return window
+
+
+# ---------------------------------------------------------------------------------------------
+# Contestants: sequential latency
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    n = len(ordered)
+    return {
+        "p50": ordered[n // 2],
+        "p99": ordered[min(n - 1, int(n * 0.99))],
+        "mean": sum(ordered) / n,
+    }
+
+
+def seq_wsync(server: Server, n: int, warm: int) -> list[float]:
+    with wsync_client(server.url) as client:
+        call = client.send_and_wait
+        for _ in range(warm):
+            call(CONTENT, 10)
+        samples = []
+        clock = time.perf_counter
+        for _ in range(n):
+            t0 = clock()
+            call(CONTENT, 10)
+            samples.append(clock() - t0)
+    return samples
+
+
+def _raw_sequential(
+    send: Callable[[str], Any], recv: Callable[[], Any], n: int, warm: int
+) -> list[float]:
+    client_id = str(uuid.uuid4())
+    _handshake(send, recv, client_id)
+    loads = json.loads
+    clock = time.perf_counter
+    samples = []
+    for i in range(warm + n):
+        t0 = clock()
+        mid = str(uuid.uuid4())
+        send(_message(client_id, mid))
+        obj = loads(recv())
+        if obj["messageId"] != mid:
+            raise RuntimeError("response out of order")
+        if i >= warm:
+            samples.append(clock() - t0)
+    return samples
+
+
+def seq_websocket_client(server: Server, n: int, warm: int) -> list[float]:
+    ws = websocket.create_connection(server.url, skip_utf8_validation=True)
+    try:
+        return _raw_sequential(ws.send, ws.recv, n, warm)
+    finally:
+        ws.close()
+
+
+def seq_threaded_reference(server: Server, n: int, warm: int) -> list[float]:
+    """The least a threaded client can do: send inline, a reader thread resolves a Future.
+
+    Not a contestant with a target: it shows what one thread hop (reader -> caller) costs,
+    the floor for any design with a dedicated reader thread, such as wsync's.
+    """
+    from concurrent.futures import Future
+
+    ws = websocket.create_connection(server.url, skip_utf8_validation=True, enable_multithread=True)
+    client_id = str(uuid.uuid4())
+    _handshake(ws.send, ws.recv, client_id)
+    pending: dict[str, Future[Any]] = {}
+
+    def reader() -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                obj = json.loads(ws.recv())
+                future = pending.pop(obj["messageId"], None)
+                if future is not None:
+                    future.set_result(obj)
+
+    thread = threading.Thread(target=reader, name="bench-reader", daemon=True)
+    thread.start()
+    clock = time.perf_counter
+    samples = []
+    try:
+        for i in range(warm + n):
+            t0 = clock()
+            mid = str(uuid.uuid4())
+            future: Future[Any] = Future()
+            pending[mid] = future
+            ws.send(_message(client_id, mid))
+            future.result(10)
+            if i >= warm:
+                samples.append(clock() - t0)
+    finally:
+        ws.abort()
+        ws.close()
+        thread.join(5)
+    return samples
+
+
+def seq_websockets(server: Server, n: int, warm: int) -> list[float]:
+    with _websockets_connect(server.url) as ws:
+        return _raw_sequential(ws.send, ws.recv, n, warm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue flush, reconnect
+
+
+def queue_flush(server: Server, n: int) -> dict[str, float]:
+    confirmed_at: list[float] = []
+
+    def on_state(state: wsync.ConnectionState) -> None:
+        if state.status is Status.CONFIRMED and not confirmed_at:
+            confirmed_at.append(time.perf_counter())
+
+    client = wsync.Client(server.url, heartbeat_interval=HEARTBEAT, on_state_change=on_state)
+    try:
+        t0 = time.perf_counter()
+        futures = [client.send(CONTENT) for _ in range(n)]
+        queued = time.perf_counter() - t0
+        s0, c0 = server.stats(), _cpu()
+        connect_at = time.perf_counter()
+        client.connect(wait=False)
+        for future in futures:
+            future.result(120)
+        end = time.perf_counter()
+        s1, c1 = server.stats(), _cpu()
+    finally:
+        client.close()
+    elapsed = end - confirmed_at[0]
+    return {
+        "rate": n / elapsed,
+        "seconds": elapsed,
+        "from_connect": end - connect_at,
+        "send_rate_disconnected": n / queued,
+        "server_util": (s1["cpu"] - s0["cpu"]) / (end - connect_at),
+        "client_util": (c1 - c0) / (end - connect_at),
+    }
+
+
+def reconnect(server: Server, reps: int, warm: int, initial: float) -> dict[str, Any]:
+    lock = threading.Lock()
+    seen = threading.Condition(lock)
+    events: list[tuple[Status, float]] = []
+
+    def on_state(state: wsync.ConnectionState) -> None:
+        with seen:
+            events.append((state.status, time.monotonic()))
+            seen.notify_all()
+
+    backoff = Backoff(initial=initial, max_attempts=None)
+    totals, noticed = [], []
+    with wsync_client(server.url, backoff=backoff, on_state_change=on_state) as client:
+        for i in range(warm + reps):
+            with seen:
+                # Everything before this drop is settled (CONFIRMED was the last event).
+                seen.wait_for(lambda: events and events[-1][0] is Status.CONFIRMED, 10)
+                start = len(events)
+            dropped_at = server.drop()
+            with seen:
+                ok = seen.wait_for(
+                    lambda: any(s is Status.CONFIRMED for s, _ in events[start:]), 10
+                )
+                batch = events[start:]
+            if not ok:
+                raise RuntimeError(f"no CONFIRMED within 10 s after a drop: {batch}")
+            if i < warm:
+                continue
+            confirmed = next(t for s, t in batch if s is Status.CONFIRMED)
+            lost = next(t for s, t in batch if s is Status.DISCONNECTED)
+            totals.append(confirmed - dropped_at)
+            noticed.append(lost - dropped_at)
+        assert client.state.status is Status.CONFIRMED
+    overheads = [t - initial for t in totals]
+    return {
+        "initial": initial,
+        "total_p50": statistics.median(totals),
+        "overhead_p50": statistics.median(overheads),
+        "overhead_max": max(overheads),
+        "overhead_p90": sorted(overheads)[int(len(overheads) * 0.9)],
+        "noticed_p50": statistics.median(noticed),
+        "reps": reps,
+    }
+
+
+def fresh_connection_floor(server: Server, reps: int) -> float:
+    """A fresh websocket-client connection + wsync handshake, by hand: the floor for reconnect."""
+    samples = []
+    for _ in range(reps + 2):
+        t0 = time.perf_counter()
+        ws = websocket.create_connection(server.url, skip_utf8_validation=True)
+        _handshake(ws.send, ws.recv, str(uuid.uuid4()))
+        samples.append(time.perf_counter() - t0)
+        ws.close()
+    return statistics.median(samples[2:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes: memory, RSS/threads, idle CPU (each in a clean interpreter)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _os_threads() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return -1
+
+
+def child_memory(url: str, n: int) -> dict[str, Any]:
+    import tracemalloc
+
+    client = wsync.Client(url, heartbeat_interval=HEARTBEAT)  # never connected: all queued
+    client.send("warm-up " + CONTENT)  # lazily built structures are not per-message cost
+    contents = [f"{i:0100d}" for i in range(n)]  # the caller's own strings, made before
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    futures = [client.send(text) for text in contents]
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base - sys.getsizeof(futures)
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    top = []
+    for stat in snapshot.statistics("lineno")[:8]:
+        frame = stat.traceback[0]
+        top.append(
+            {
+                "where": f"{Path(frame.filename).name}:{frame.lineno}",
+                "per_message": stat.size / n,
+            }
+        )
+    # The same, counting the content string as wsync's (the caller dropped its own).
+    client2 = wsync.Client(url, heartbeat_interval=HEARTBEAT)
+    client2.send("warm-up " + CONTENT)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    futures2 = [client2.send(f"{i:0100d}") for i in range(n)]
+    gc.collect()
+    with_content = tracemalloc.get_traced_memory()[0] - base - sys.getsizeof(futures2)
+    tracemalloc.stop()
+    client.close(0.5)
+    client2.close(0.5)
+    return {
+        "per_message": used / n,
+        "per_message_with_content": with_content / n,
+        "content_size": sys.getsizeof(contents[0]),
+        "top": top,
+        "n": n,
+    }
+
+
+def child_rss(url: str, n: int) -> dict[str, Any]:
+    # Warm up: imports, one connection's lazily built structures, then gone.
+    with wsync_client(url):
+        pass
+    gc.collect()
+    time.sleep(0.2)
+    rss0, threads0, py0 = _rss(), _os_threads(), threading.active_count()
+    clients = []
+    for _ in range(n):
+        client = wsync.Client(url, heartbeat_interval=HEARTBEAT)
+        client.connect(timeout=10)
+        clients.append(client)
+    time.sleep(0.5)
+    gc.collect()
+    rss1, threads1, py1 = _rss(), _os_threads(), threading.active_count()
+    names: dict[str, int] = {}
+    for thread in threading.enumerate():
+        role = (
+            thread.name.rsplit("-", 1)[0] if thread.name.startswith("wsync-reader") else thread.name
+        )
+        names[role] = names.get(role, 0) + 1
+    for client in clients:
+        client.close(2)
+    return {
+        "clients": n,
+        "rss_per_client": (rss1 - rss0) / n,
+        "threads_per_client": (threads1 - threads0) / n,
+        "py_threads_per_client": (py1 - py0) / n,
+        "thread_roles": names,
+    }
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of every live thread (CLOCK_THREAD_CPUTIME_ID of each), by name."""
+    out = {}
+    for thread in threading.enumerate():
+        with contextlib.suppress(Exception):
+            out[thread.name] = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return out
+
+
+def child_idle(url: str, seconds: float) -> dict[str, Any]:
+    # The bare process first (the same sleep, no client), then a connected client.
+    c0 = _cpu()
+    time.sleep(seconds)
+    bare = _cpu() - c0
+    with wsync_client(url):
+        time.sleep(1.0)  # settle after the handshake
+        threads0 = _thread_cpu()
+        c0 = _cpu()
+        time.sleep(seconds)
+        cpu = _cpu() - c0
+        threads1 = _thread_cpu()
+    wsync_threads = sum(
+        threads1[name] - threads0[name]
+        for name in threads1
+        if name.startswith("wsync-") and name in threads0
+    )
+    return {
+        "seconds": seconds,
+        "cpu_ms_per_10s": cpu / seconds * 10 * 1000,
+        "bare_ms_per_10s": bare / seconds * 10 * 1000,
+        "wsync_threads_ms_per_10s": wsync_threads / seconds * 10 * 1000,
+    }
+
+
+def run_child(kind: str, url: str, arg: float) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--url", url, "--arg", str(arg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"child {kind} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f} msg/s"
+
+
+def _us(x: float) -> str:
+    return f"{x * 1e6:,.0f} µs"
+
+
+class Report:
+    def __init__(self) -> None:
+        self.results: dict[str, Any] = {}
+        self.errors: list[str] = []
+
+    def section(self, name: str, fn: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        print(f"--- {name} ...", flush=True)
+        try:
+            self.results[name] = fn()
+        except Exception:
+            self.errors.append(f"{name}: {traceback.format_exc()}")
+            print(f"ERROR in {name}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            return
+        print(f"    done in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def run_pipelined(server: Server, n: int, reps: int, warm: int) -> dict[str, Any]:
+    contestants: list[tuple[str, Callable[[Server, int, int], Window]]] = [
+        ("wsync", pipe_wsync),
+        ("websocket-client", pipe_websocket_client),
+        ("websockets sync", pipe_websockets),
+        ("raw socket ceiling", pipe_ceiling),
+    ]
+    runs: dict[str, list[Window]] = {name: [] for name, _ in contestants}
+    for rep in range(reps):
+        order = contestants[rep % len(contestants) :] + contestants[: rep % len(contestants)]
+        for name, fn in order:
+            gc.collect()
+            window = fn(server, n, warm)
+            runs[name].append(window)
+            print(
+                f"    rep {rep + 1}/{reps} {name:20s} {n / window.wall:9,.0f} msg/s  "
+                f"client CPU {window.cpu / window.wall:4.0%}  "
+                f"server CPU {window.server_cpu / window.wall:4.0%}",
+                flush=True,
+            )
+    out = {}
+    for name, windows in runs.items():
+        rates = [n / w.wall for w in windows]
+        out[name] = {
+            "rate": statistics.median(rates),
+            "rates": rates,
+            "client_cpu_us": statistics.median([w.cpu / n * 1e6 for w in windows]),
+            "client_util": statistics.median([w.cpu / w.wall for w in windows]),
+            "server_util": statistics.median([w.server_cpu / w.wall for w in windows]),
+            "server_cpu_us": statistics.median([w.server_cpu / n * 1e6 for w in windows]),
+            "frames_per_write": statistics.median(
+                [w.server_frames / max(1, w.server_writes) for w in windows]
+            ),
+        }
+    return out
+
+
+def run_sequential(server: Server, n: int, reps: int, warm: int) -> dict[str, Any]:
+    contestants = [
+        ("wsync", seq_wsync),
+        ("websocket-client", seq_websocket_client),
+        ("websockets sync", seq_websockets),
+        ("reference: websocket-client + reader thread + Future", seq_threaded_reference),
+    ]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in contestants}
+    for rep in range(reps):
+        order = contestants[rep % len(contestants) :] + contestants[: rep % len(contestants)]
+        for name, fn in order:
+            gc.collect()
+            stats = _percentiles(fn(server, n, warm))
+            runs[name].append(stats)
+            print(
+                f"    rep {rep + 1}/{reps} {name:20s} p50 {_us(stats['p50'])}  "
+                f"p99 {_us(stats['p99'])}",
+                flush=True,
+            )
+    return {
+        name: {
+            key: statistics.median([r[key] for r in stats_list]) for key in ("p50", "p99", "mean")
+        }
+        | {"p50s": [r["p50"] for r in stats_list]}
+        for name, stats_list in runs.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="wsync benchmarks (issue 6)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small N, one pass")
+    parser.add_argument("--n", type=int, help="pipelined messages per run (default 50,000)")
+    parser.add_argument("--reps", type=int, help="repetitions per contestant (default 5)")
+    parser.add_argument("--seq-n", type=int, help="sequential round trips per run (default 5,000)")
+    parser.add_argument("--flush-n", type=int, help="messages queued for the flush (100,000)")
+    parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10)")
+    parser.add_argument("--clients", type=int, help="idle clients for RSS/threads (default 200)")
+    parser.add_argument("--server", choices=("raw", "websockets"), default="raw")
+    parser.add_argument("--output", help="report file (default: BENCHMARKS.md; --quick: none)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--arg", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        kinds = {"memory": child_memory, "rss": child_rss, "idle": child_idle}
+        arg = args.arg if args.child == "idle" else int(args.arg)
+        print(json.dumps(kinds[args.child](args.url, arg)))
+        return 0
+
+    quick = args.quick
+    n = args.n or (5_000 if quick else 50_000)
+    reps = args.reps or (2 if quick else 5)
+    seq_n = args.seq_n or (1_000 if quick else 5_000)
+    flush_n = args.flush_n or (10_000 if quick else 100_000)
+    idle_seconds = args.idle_seconds or (2.0 if quick else 10.0)
+    clients = args.clients or (50 if quick else 200)
+    warm = max(500, n // 10)
+    flush_reps = 1 if quick else 3
+    reconnect_reps = 5 if quick else 20
+    output = args.output or (None if quick else str(ROOT / "BENCHMARKS.md"))
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    report = Report()
+    server = Server(args.server)
+    try:
+        print(f"server ({args.server}) on {server.url}; N={n}, reps={reps}", flush=True)
+        report.section("pipelined", lambda: run_pipelined(server, n, reps, warm))
+        report.section(
+            "sequential", lambda: run_sequential(server, seq_n, reps, max(200, seq_n // 10))
+        )
+
+        def flush() -> dict[str, Any]:
+            runs = []
+            for rep in range(flush_reps):
+                gc.collect()
+                result = queue_flush(server, flush_n)
+                print(
+                    f"    rep {rep + 1}/{flush_reps} {_fmt_rate(result['rate'])} "
+                    f"({result['seconds']:.2f} s; send() while disconnected "
+                    f"{_fmt_rate(result['send_rate_disconnected'])})",
+                    flush=True,
+                )
+                runs.append(result)
+            return {key: statistics.median([r[key] for r in runs]) for key in runs[0]} | {
+                "rates": [r["rate"] for r in runs]
+            }
+
+        report.section("queue flush", flush)
+
+        def reconnects() -> dict[str, Any]:
+            out = {"floor": fresh_connection_floor(server, reconnect_reps)}
+            for initial in (0.0, 0.02):
+                result = reconnect(server, reconnect_reps, 2, initial)
+                print(
+                    f"    initial={initial:g}: drop->CONFIRMED p50 {result['total_p50'] * 1e3:.2f} ms,"
+                    f" overhead p50 {result['overhead_p50'] * 1e3:.2f} ms"
+                    f" (max {result['overhead_max'] * 1e3:.2f} ms); loss noticed after"
+                    f" {result['noticed_p50'] * 1e3:.2f} ms",
+                    flush=True,
+                )
+                out[f"initial={initial:g}"] = result
+            return out
+
+        report.section("reconnect", reconnects)
+        report.section("memory", lambda: run_child("memory", server.url, 10_000))
+        report.section("rss", lambda: run_child("rss", server.url, clients))
+        report.section("idle cpu", lambda: run_child("idle", server.url, idle_seconds))
+    finally:
+        server.stop()
+    elapsed = time.perf_counter() - started
+    text = render(
+        report,
+        command=command,
+        load=(load_before, os.getloadavg()),
+        quick=quick,
+        elapsed=elapsed,
+        n=n,
+        reps=reps,
+        seq_n=seq_n,
+        flush_n=flush_n,
+        clients=clients,
+        idle_seconds=idle_seconds,
+        server_impl=args.server,
+    )
+    print()
+    print(text)
+    if output:
+        Path(output).write_text(text)
+        print(f"written to {output}")
+    if report.errors:
+        print(f"{len(report.errors)} benchmark(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _target_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(metric, measured, target, ratio, verdict) for every target of the issue."""
+    rows = []
+    pipe, seq, flush = r.get("pipelined"), r.get("sequential"), r.get("queue flush")
+    if pipe:
+        w = pipe["wsync"]["rate"]
+        for name, factor in (("websockets sync", 1.0), ("websocket-client", 1.5)):
+            other = pipe[name]["rate"]
+            rows.append(
+                (
+                    f"pipelined throughput vs {name}",
+                    _fmt_rate(w),
+                    f">= {factor:.1f}x {name} ({_fmt_rate(other)})",
+                    f"{w / other:.2f}x",
+                    _verdict(w / other >= factor),
+                )
+            )
+    if seq:
+        s, sc = seq["wsync"]["p50"], seq["websocket-client"]["p50"]
+        rows.append(
+            (
+                "sequential send_and_wait p50",
+                _us(s),
+                f"<= 1.2x websocket-client p50 ({_us(sc)})",
+                f"{s / sc:.2f}x",
+                _verdict(s / sc <= 1.2),
+            )
+        )
+    if flush and pipe:
+        ratio = flush["rate"] / pipe["wsync"]["rate"]
+        rows.append(
+            (
+                "queue flush, CONFIRMED -> last response",
+                _fmt_rate(flush["rate"]),
+                f">= 0.9x wsync pipelined ({_fmt_rate(pipe['wsync']['rate'])})",
+                f"{ratio:.2f}x",
+                _verdict(ratio >= 0.9),
+            )
+        )
+    for key, v in (r.get("reconnect") or {}).items():
+        if key.startswith("initial="):
+            o = v["overhead_p50"]
+            rows.append(
+                (
+                    f"reconnect overhead p50, Backoff({key})",
+                    f"{o * 1e3:.2f} ms",
+                    "< 5 ms beyond the backoff delay",
+                    f"{o / 0.005:.2f}x",
+                    _verdict(o < 0.005),
+                )
+            )
+    mem = r.get("memory")
+    if mem:
+        m = mem["per_message_with_content"]
+        rows.append(
+            (
+                "memory per queued message",
+                f"{m:,.0f} B",
+                "<= 2 KiB (100-byte content, future included)",
+                f"{m / 2048:.2f}x",
+                _verdict(m <= 2048),
+            )
+        )
+    rss = r.get("rss")
+    if rss:
+        v, t = rss["rss_per_client"], rss["threads_per_client"]
+        rows.append(
+            (
+                "RSS per idle connected client",
+                f"{v / 1024:,.1f} KiB",
+                "<= 64 KiB",
+                f"{v / 65536:.2f}x",
+                _verdict(v <= 65536),
+            )
+        )
+        rows.append(
+            (
+                "threads per idle connected client",
+                f"{t:.2f}",
+                "<= 4",
+                f"{t / 4:.2f}x",
+                _verdict(t <= 4),
+            )
+        )
+    idle = r.get("idle cpu")
+    if idle:
+        c = idle["cpu_ms_per_10s"]
+        rows.append(
+            (
+                "idle CPU of a connected client (whole process)",
+                f"{c:.3f} ms / 10 s",
+                "<= 1 ms / 10 s besides heartbeats",
+                f"{c:.2f}x",
+                _verdict(c <= 1.0),
+            )
+        )
+    return rows
+
+
+def render(report: Report, **info: Any) -> str:
+    r = report.results
+    load0, load1 = info["load"][0][0], info["load"][1][0]
+    cores = os.cpu_count() or 1
+    busy = max(load0, load1) > cores
+    lines = [
+        "# wsync benchmarks",
+        "",
+        "Generated by `benchmarks/run.py` (issue 6); do not edit by hand, re-run it. A report,",
+        "not a test: a missed target does not fail the run. Numbers from another machine do not",
+        "transfer; compare the ratios, which are measured side by side in the same run.",
+        "",
+        f"- command: `{info['command'].strip()}`"
+        + (" (smoke run: small N, not a result)" if info["quick"] else ""),
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; the run took "
+        f"{info['elapsed']:.0f} s",
+        f"- machine: {cores} cores (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}, "
+        f"{platform.system()} {platform.release()}; load average (1 min) {load0:.2f} before, "
+        f"{load1:.2f} after"
+        + (": **other work shared the machine, expect noise**" if busy else ""),
+        f"- Python {platform.python_version()} ({platform.python_implementation()}); wsync "
+        f"{wsync.__version__}, websocket-client {websocket.__version__}, websockets "
+        f"{websockets.__version__}, attrs {_version('attrs')}, cattrs {_version('cattrs')}",
+        f"- server: `benchmarks/bench_server.py --impl {info['server_impl']}` in its own process, "
+        "loopback",
+        f"- sizes: {info['n']:,} pipelined messages x {info['reps']} repetitions; "
+        f"{info['seq_n']:,} sequential round trips x {info['reps']}; a flush of "
+        f"{info['flush_n']:,}; {info['clients']} idle clients; idle window "
+        f"{info['idle_seconds']:g} s",
+        "",
+        "## Targets",
+        "",
+        "| metric | measured | target | ratio | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in _target_rows(r)]
+    pipe = r.get("pipelined")
+    if pipe:
+        lines += [
+            "",
+            "## Pipelined throughput (100-byte content, 64 in flight)",
+            "",
+            "Median over the repetitions, then every run. CPU per message: every thread of the",
+            "process; CPU %: share of one core while timed (client process, server process).",
+            "",
+            "| client | msg/s | runs | client CPU/msg | client CPU | server CPU/msg "
+            "| server CPU | frames per server write |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, v in pipe.items():
+            lines.append(
+                f"| {name} | {v['rate']:,.0f} | {', '.join(f'{x:,.0f}' for x in v['rates'])} "
+                f"| {v['client_cpu_us']:.1f} µs | {v['client_util']:.0%} "
+                f"| {v['server_cpu_us']:.1f} µs | {v['server_util']:.0%} "
+                f"| {v['frames_per_write']:.1f} |"
+            )
+        contestants = {k: v for k, v in pipe.items() if k != "raw socket ceiling"}
+        ceiling = pipe["raw socket ceiling"]["rate"]
+        fastest = max(v["rate"] for v in contestants.values())
+        busiest = max(v["server_util"] for v in contestants.values())
+        lines += [
+            "",
+            f"The server is not the bottleneck: it used at most {busiest:.0%} of a core while a "
+            f"contestant was timed, and a client that does no client-side work (one thread, "
+            f"pre-built frames, the same window of 64) gets {ceiling:,.0f} msg/s out of it, "
+            f"{ceiling / fastest:.1f}x the fastest contestant.",
+        ]
+    seq = r.get("sequential")
+    if seq:
+        lines += [
+            "",
+            "## Sequential round trips (send one message, wait for its response)",
+            "",
+            "The reference row is not a contestant: the least a design with a reader thread can",
+            "do (the caller sends, a reader thread resolves a `Future`: one thread hop).",
+            "",
+            "| client | p50 | p99 | mean | p50 of each run |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, v in seq.items():
+            lines.append(
+                f"| {name} | {_us(v['p50'])} | {_us(v['p99'])} | {_us(v['mean'])} "
+                f"| {', '.join(_us(x) for x in v['p50s'])} |"
+            )
+    flush = r.get("queue flush")
+    if flush:
+        lines += [
+            "",
+            "## Queue flush",
+            "",
+            f"{info['flush_n']:,} messages `send()` while disconnected, then `connect()`: "
+            f"{_fmt_rate(flush['rate'])} from CONFIRMED (`on_state_change`) to the last response "
+            f"(runs: {', '.join(f'{x:,.0f}' for x in flush['rates'])}); "
+            f"{flush['from_connect']:.2f} s from `connect()`. `send()` itself ran at "
+            f"{_fmt_rate(flush['send_rate_disconnected'])} while disconnected. Client CPU "
+            f"{flush['client_util']:.0%}, server CPU {flush['server_util']:.0%} of a core.",
+        ]
+    rec = r.get("reconnect")
+    if rec:
+        lines += [
+            "",
+            "## Reconnect",
+            "",
+            "The server resets every connection (TCP RST); measured from the reset (the server's",
+            "CLOCK_MONOTONIC, the same clock as the client's on Linux) to the CONFIRMED",
+            "`on_state_change` callback, minus the backoff delay. For scale: a fresh",
+            "websocket-client connection plus the wsync handshake, by hand, takes "
+            f"{rec['floor'] * 1e3:.2f} ms (p50).",
+            "",
+            "| backoff | reset -> CONFIRMED p50 | overhead p50 | p90 | max "
+            "| loss noticed after (p50) | drops |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for key, v in rec.items():
+            if key.startswith("initial="):
+                lines.append(
+                    f"| Backoff({key}) | {v['total_p50'] * 1e3:.2f} ms "
+                    f"| {v['overhead_p50'] * 1e3:.2f} ms | {v['overhead_p90'] * 1e3:.2f} ms "
+                    f"| {v['overhead_max'] * 1e3:.2f} ms | {v['noticed_p50'] * 1e3:.2f} ms "
+                    f"| {v['reps']} |"
+                )
+    mem, rss, idle = r.get("memory"), r.get("rss"), r.get("idle cpu")
+    if mem or rss or idle:
+        lines += ["", "## Memory, threads, idle CPU", ""]
+    if mem:
+        lines += [
+            f"tracemalloc, {mem['n']:,} messages queued while disconnected: "
+            f"{mem['per_message_with_content']:,.0f} B per message when wsync holds the only "
+            f"reference to its 100-character content ({mem['content_size']} B as a `str`), "
+            f"{mem['per_message']:,.0f} B when the caller keeps its own (the benchmark's list of "
+            "futures is not counted). Largest allocation sites, bytes per message:",
+            "",
+            "| where | bytes |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {t['where']} | {t['per_message']:.0f} |" for t in mem["top"]]
+        lines.append("")
+    if rss:
+        roles = ", ".join(f"{k} {v}" for k, v in sorted(rss["thread_roles"].items()))
+        lines += [
+            f"{rss['clients']} idle connected clients in one process: "
+            f"{rss['rss_per_client'] / 1024:.1f} KiB RSS and {rss['threads_per_client']:.2f} OS "
+            f"threads per client (threads by name: {roles}).",
+            "",
+        ]
+    if idle:
+        lines += [
+            f"Idle CPU, one connected client (heartbeat_interval={HEARTBEAT:g} s) over "
+            f"{idle['seconds']:g} s: {idle['cpu_ms_per_10s']:.3f} ms per 10 s for the whole "
+            "process (its sleeping main thread included), of which the client's own `wsync-*` "
+            f"threads used {idle['wsync_threads_ms_per_10s']:.3f} ms (per-thread CPU clocks); "
+            f"the same process before the client: {idle['bare_ms_per_10s']:.3f} ms per 10 s.",
+        ]
+    if report.errors:
+        lines += ["", "## Errors", ""] + [f"```\n{e}\n```" for e in report.errors]
+    lines += [
+        "",
+        "## Method",
+        "",
+        "- One server process for the whole run (`benchmarks/bench_server.py`: asyncio, its own",
+        "  WebSocket framing, every frame of one read answered in one write).",
+        "- Each repetition opens a fresh connection and runs a warm-up that is not timed; the",
+        "  contestant that goes first rotates every repetition; medians are reported and every",
+        "  run is listed, none dropped. Nothing is pinned: client and server share the cores.",
+        "- Every raw contestant does the work wsync does: it builds the same JSON `message` frame",
+        "  (uuid4 messageId, ISO timestamp), parses each response with `json.loads` and finds",
+        "  its message by messageId. Pipelined, a reader thread and a sender keep 64 in flight",
+        "  (a semaphore); wsync keeps 64 futures in flight and waits on the oldest.",
+        "- CPU: `time.process_time()` of each process (all threads, ns resolution).",
+        "- Memory, RSS/threads and idle CPU each run in a fresh interpreter (`--child`).",
+        "- Where the time goes: `python benchmarks/profile_wsync.py` (yappi, every thread);",
+        "  prototypes of the proposed optimisations: `python benchmarks/experiments.py`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(name)
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
