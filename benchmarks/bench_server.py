@@ -22,7 +22,8 @@ Two implementations, chosen with ``--impl``:
 
 Control, one command per line on stdin, one answer line on stdout:
 
-- ``stats``  -> JSON: process CPU seconds (``time.process_time()``), wall clock, connections, frames in/out, writes;
+- ``stats``  -> JSON: process CPU seconds (``time.process_time()``), wall clock, connections,
+  frames in and out, writes;
 - ``drop``   -> aborts every connection (TCP reset); answers ``dropped <n> <monotonic time>``
   (CLOCK_MONOTONIC is system-wide on Linux, so the client can subtract it from its own clock);
 - ``quit``   -> exits.
@@ -41,6 +42,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import ClassVar
 
 try:
     from websockets.speedups import apply_mask as _c_apply_mask
@@ -76,7 +78,7 @@ def _frame(opcode: int, payload: bytes) -> bytes:
 
 class Stats:
     conns = 0
-    live: set[RawConnection] = set()
+    live: ClassVar[set[RawConnection]] = set()
     frames_in = 0
     frames_out = 0
     writes = 0

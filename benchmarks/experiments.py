@@ -24,6 +24,9 @@ Variants:
   (still the OS CSPRNG), instead of one ``getrandom`` system call (and GIL release) each.
 - ``decode``: the response fast path builds ``Response`` without re-running its validators
   (the fast path checked the types already) and reuses the last parsed timestamp.
+- ``stamp-cache``: the outgoing timestamp text is formatted once per millisecond, and the
+  ``message`` text is built from a per-client prefix (today: ``datetime.now()``, ``replace``,
+  ``isoformat`` and a validity check per message).
 - ``lazy-condition``: ``MessageFuture`` makes its ``threading.Condition`` on first use
   (memory: ~1 KiB of the ~2.3 KiB per queued message).
 - ``orjson``: ``orjson.loads`` for incoming frames (``pip install --target DIR orjson``,
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import socket
@@ -58,6 +62,7 @@ VARIANTS = (
     "lean-actions",
     "pooled-random",
     "decode",
+    "stamp-cache",
     "lazy-condition",
     "inline-write",
     "all",
@@ -226,6 +231,37 @@ def patch_decode() -> None:
         return None
 
     protocol._decode_fast = _decode_fast
+
+
+def patch_stamp_cache() -> None:
+    from wsync import _engine, protocol
+    from wsync._futures import MessageFuture
+    from wsync._machine import Entry
+
+    escape = protocol._escape
+    last: list[Any] = [-1, ""]
+    time_ns = time.time_ns
+
+    def _new_entry(self: Any, message_id: str, content: str) -> Any:
+        ms = time_ns() // 1_000_000
+        if ms != last[0]:
+            stamp = protocol.format_timestamp(protocol.now())
+            last[0], last[1] = ms, stamp
+        else:
+            stamp = last[1]
+        prefix = self.__dict__.get("_prefix")
+        if prefix is None:
+            prefix = self._prefix = '{"type":"message","clientId":' + escape(self.client_id)
+        if not message_id or type(message_id) is not str:
+            return original(self, message_id, content)
+        text = (
+            f'{prefix},"content":{escape(content)},"timestamp":"{stamp}",'
+            f'"messageId":{escape(message_id)}}}'
+        )
+        return Entry(message_id, content, text, MessageFuture(message_id, self._cancelled))
+
+    original = _engine.Engine._new_entry
+    _engine.Engine._new_entry = _new_entry
 
 
 def patch_lazy_condition() -> None:
@@ -398,11 +434,9 @@ def patch_inline_write() -> None:
                 return
             try:
                 if leftover is not None:
-                    gen, transport, data = leftover
-                    try:
+                    _, transport, data = leftover
+                    with contextlib.suppress(TransportClosed):  # the reader sees the loss too
                         transport._write(data)
-                    except TransportClosed:
-                        pass  # the reader sees the loss too
                 else:
                     original_write(self, generation, transport, controls, entries)
             finally:
@@ -419,6 +453,7 @@ PATCHES = {
     "lean-actions": patch_lean_actions,
     "pooled-random": patch_pooled_random,
     "decode": patch_decode,
+    "stamp-cache": patch_stamp_cache,
     "lazy-condition": patch_lazy_condition,
     "orjson": patch_orjson,
     "inline-write": patch_inline_write,

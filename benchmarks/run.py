@@ -540,7 +540,7 @@ def reconnect(server: Server, reps: int, warm: int, initial: float) -> dict[str,
             dropped_at = server.drop()
             with seen:
                 ok = seen.wait_for(
-                    lambda: any(s is Status.CONFIRMED for s, _ in events[start:]), 10
+                    lambda start=start: any(s is Status.CONFIRMED for s, _ in events[start:]), 10
                 )
                 batch = events[start:]
             if not ok:
@@ -878,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
             for initial in (0.0, 0.02):
                 result = reconnect(server, reconnect_reps, 2, initial)
                 print(
-                    f"    initial={initial:g}: drop->CONFIRMED p50 {result['total_p50'] * 1e3:.2f} ms,"
+                    f"    initial={initial:g}: drop->CONFIRMED p50 "
+                    f"{result['total_p50'] * 1e3:.2f} ms,"
                     f" overhead p50 {result['overhead_p50'] * 1e3:.2f} ms"
                     f" (max {result['overhead_max'] * 1e3:.2f} ms); loss noticed after"
                     f" {result['noticed_p50'] * 1e3:.2f} ms",

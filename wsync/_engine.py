@@ -570,6 +570,9 @@ class Engine:
     def _open(self, action: Open) -> None:
         """On the timer thread: one bounded attempt to open a socket."""
         generation = action.generation
+        # A cancel aimed at an earlier attempt that had already finished must not fail this
+        # one; close() cancels after setting _closing, which is checked below.
+        self._connector.reset()
         with self._lock:
             if self._closing or generation != self._machine.generation:
                 return
