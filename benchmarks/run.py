@@ -50,6 +50,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -394,93 +395,97 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def seq_wsync(server: Server, n: int, warm: int) -> list[float]:
-    with wsync_client(server.url) as client:
-        call = client.send_and_wait
-        for _ in range(warm):
-            call(CONTENT, 10)
-        samples = []
-        clock = time.perf_counter
+class SeqWsync:
+    """wsync's ``send_and_wait``, one round trip at a time."""
+
+    def __init__(self, server: Server) -> None:
+        self.client = wsync.Client(server.url, heartbeat_interval=HEARTBEAT)
+        self.client.connect(timeout=10)
+
+    def run(self, n: int) -> list[float]:
+        call, clock, samples = self.client.send_and_wait, time.perf_counter, []
         for _ in range(n):
             t0 = clock()
             call(CONTENT, 10)
             samples.append(clock() - t0)
-    return samples
+        return samples
+
+    def close(self) -> None:
+        self.client.close()
 
 
-def _raw_sequential(
-    send: Callable[[str], Any], recv: Callable[[], Any], n: int, warm: int
-) -> list[float]:
-    client_id = str(uuid.uuid4())
-    _handshake(send, recv, client_id)
-    loads = json.loads
-    clock = time.perf_counter
-    samples = []
-    for i in range(warm + n):
-        t0 = clock()
-        mid = str(uuid.uuid4())
-        send(_message(client_id, mid))
-        obj = loads(recv())
-        if obj["messageId"] != mid:
-            raise RuntimeError("response out of order")
-        if i >= warm:
+class SeqRaw:
+    """The same round trip by hand, in the caller's thread: send, recv, json.loads, check id."""
+
+    def __init__(self, send: Callable[[str], Any], recv: Callable[[], Any], close: Any) -> None:
+        self.send, self.recv, self.close = send, recv, close
+        self.client_id = str(uuid.uuid4())
+        _handshake(send, recv, self.client_id)
+
+    def run(self, n: int) -> list[float]:
+        send, recv, loads, clock = self.send, self.recv, json.loads, time.perf_counter
+        client_id, samples = self.client_id, []
+        for _ in range(n):
+            t0 = clock()
+            mid = str(uuid.uuid4())
+            send(_message(client_id, mid))
+            if loads(recv())["messageId"] != mid:
+                raise RuntimeError("response out of order")
             samples.append(clock() - t0)
-    return samples
+        return samples
 
 
-def seq_websocket_client(server: Server, n: int, warm: int) -> list[float]:
+def seq_websocket_client(server: Server) -> SeqRaw:
     ws = websocket.create_connection(server.url, skip_utf8_validation=True)
-    try:
-        return _raw_sequential(ws.send, ws.recv, n, warm)
-    finally:
-        ws.close()
+    return SeqRaw(ws.send, ws.recv, ws.close)
 
 
-def seq_threaded_reference(server: Server, n: int, warm: int) -> list[float]:
+def seq_websockets(server: Server) -> SeqRaw:
+    ws = _websockets_connect(server.url)
+    return SeqRaw(ws.send, ws.recv, ws.close)
+
+
+class SeqThreadedReference:
     """The least a threaded client can do: send inline, a reader thread resolves a Future.
 
     Not a contestant with a target: it shows what one thread hop (reader -> caller) costs,
     the floor for any design with a dedicated reader thread, such as wsync's.
     """
-    from concurrent.futures import Future
 
-    ws = websocket.create_connection(server.url, skip_utf8_validation=True, enable_multithread=True)
-    client_id = str(uuid.uuid4())
-    _handshake(ws.send, ws.recv, client_id)
-    pending: dict[str, Future[Any]] = {}
+    def __init__(self, server: Server) -> None:
+        self.ws = websocket.create_connection(
+            server.url, skip_utf8_validation=True, enable_multithread=True
+        )
+        self.client_id = str(uuid.uuid4())
+        _handshake(self.ws.send, self.ws.recv, self.client_id)
+        self.pending: dict[str, Future[Any]] = {}
+        self.thread = threading.Thread(target=self._reader, name="bench-reader", daemon=True)
+        self.thread.start()
 
-    def reader() -> None:
+    def _reader(self) -> None:
         with contextlib.suppress(Exception):
             while True:
-                obj = json.loads(ws.recv())
-                future = pending.pop(obj["messageId"], None)
+                obj = json.loads(self.ws.recv())
+                future = self.pending.pop(obj["messageId"], None)
                 if future is not None:
                     future.set_result(obj)
 
-    thread = threading.Thread(target=reader, name="bench-reader", daemon=True)
-    thread.start()
-    clock = time.perf_counter
-    samples = []
-    try:
-        for i in range(warm + n):
+    def run(self, n: int) -> list[float]:
+        clock, samples, send, pending = time.perf_counter, [], self.ws.send, self.pending
+        for _ in range(n):
             t0 = clock()
             mid = str(uuid.uuid4())
             future: Future[Any] = Future()
             pending[mid] = future
-            ws.send(_message(client_id, mid))
+            send(_message(self.client_id, mid))
             future.result(10)
-            if i >= warm:
-                samples.append(clock() - t0)
-    finally:
-        ws.abort()
-        ws.close()
-        thread.join(5)
-    return samples
+            samples.append(clock() - t0)
+        return samples
 
-
-def seq_websockets(server: Server, n: int, warm: int) -> list[float]:
-    with _websockets_connect(server.url) as ws:
-        return _raw_sequential(ws.send, ws.recv, n, warm)
+    def close(self) -> None:
+        self.ws.abort()
+        self.ws.close()
+        self.thread.join(5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,6 +774,12 @@ def run_pipelined(server: Server, n: int, reps: int, warm: int) -> dict[str, Any
         rates = [n / w.wall for w in windows]
         out[name] = {
             "rate": statistics.median(rates),
+            "ratio": {
+                other: statistics.median(
+                    [n / w.wall / (n / o.wall) for w, o in zip(windows, others, strict=True)]
+                )
+                for other, others in runs.items()
+            },
             "rates": rates,
             "client_cpu_us": statistics.median([w.cpu / n * 1e6 for w in windows]),
             "client_util": statistics.median([w.cpu / w.wall for w in windows]),
@@ -782,29 +793,47 @@ def run_pipelined(server: Server, n: int, reps: int, warm: int) -> dict[str, Any
 
 
 def run_sequential(server: Server, n: int, reps: int, warm: int) -> dict[str, Any]:
-    contestants = [
-        ("wsync", seq_wsync),
+    """Every contestant connected at once; blocks of round trips interleaved, order rotating.
+
+    A repetition is one block per contestant, so a change in the machine's load hits every
+    contestant alike; the per-repetition ratios to websocket-client are reported as well.
+    """
+    makers: list[tuple[str, Callable[[Server], Any]]] = [
+        ("wsync", SeqWsync),
         ("websocket-client", seq_websocket_client),
         ("websockets sync", seq_websockets),
-        ("reference: websocket-client + reader thread + Future", seq_threaded_reference),
+        ("reference: websocket-client + reader thread + Future", SeqThreadedReference),
     ]
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in contestants}
-    for rep in range(reps):
-        order = contestants[rep % len(contestants) :] + contestants[: rep % len(contestants)]
-        for name, fn in order:
-            gc.collect()
-            stats = _percentiles(fn(server, n, warm))
-            runs[name].append(stats)
+    opened = []
+    try:
+        for name, make in makers:
+            contestant = make(server)
+            opened.append((name, contestant))
+            contestant.run(warm)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in opened}
+        for rep in range(reps):
+            shift = rep % len(opened)
+            for name, contestant in opened[shift:] + opened[:shift]:
+                runs[name].append(_percentiles(contestant.run(n)))
             print(
-                f"    rep {rep + 1}/{reps} {name:20s} p50 {_us(stats['p50'])}  "
-                f"p99 {_us(stats['p99'])}",
+                f"    rep {rep + 1}/{reps} p50: "
+                + ", ".join(f"{name.split(':')[0]} {_us(runs[name][-1]['p50'])}" for name in runs),
                 flush=True,
             )
+    finally:
+        for _, contestant in opened:
+            contestant.close()
+    base = runs["websocket-client"]
     return {
         name: {
             key: statistics.median([r[key] for r in stats_list]) for key in ("p50", "p99", "mean")
         }
-        | {"p50s": [r["p50"] for r in stats_list]}
+        | {
+            "p50s": [r["p50"] for r in stats_list],
+            "ratio_p50": statistics.median(
+                [r["p50"] / b["p50"] for r, b in zip(stats_list, base, strict=True)]
+            ),
+        }
         for name, stats_list in runs.items()
     }
 
@@ -814,7 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small N, one pass")
     parser.add_argument("--n", type=int, help="pipelined messages per run (default 50,000)")
     parser.add_argument("--reps", type=int, help="repetitions per contestant (default 5)")
-    parser.add_argument("--seq-n", type=int, help="sequential round trips per run (default 5,000)")
+    parser.add_argument("--seq-n", type=int, help="round trips per sequential block (1,000)")
+    parser.add_argument("--seq-reps", type=int, help="sequential blocks per contestant (20)")
     parser.add_argument("--flush-n", type=int, help="messages queued for the flush (100,000)")
     parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10)")
     parser.add_argument("--clients", type=int, help="idle clients for RSS/threads (default 200)")
@@ -834,7 +864,8 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     n = args.n or (5_000 if quick else 50_000)
     reps = args.reps or (2 if quick else 5)
-    seq_n = args.seq_n or (1_000 if quick else 5_000)
+    seq_n = args.seq_n or (300 if quick else 1_000)
+    seq_reps = args.seq_reps or (4 if quick else 20)
     flush_n = args.flush_n or (10_000 if quick else 100_000)
     idle_seconds = args.idle_seconds or (2.0 if quick else 10.0)
     clients = args.clients or (50 if quick else 200)
@@ -852,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server ({args.server}) on {server.url}; N={n}, reps={reps}", flush=True)
         report.section("pipelined", lambda: run_pipelined(server, n, reps, warm))
         report.section(
-            "sequential", lambda: run_sequential(server, seq_n, reps, max(200, seq_n // 10))
+            "sequential", lambda: run_sequential(server, seq_n, seq_reps, max(200, seq_n))
         )
 
         def flush() -> dict[str, Any]:
@@ -904,6 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         n=n,
         reps=reps,
         seq_n=seq_n,
+        seq_reps=seq_reps,
         flush_n=flush_n,
         clients=clients,
         idle_seconds=idle_seconds,
@@ -944,24 +976,26 @@ def _target_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         w = pipe["wsync"]["rate"]
         for name, factor in (("websockets sync", 1.0), ("websocket-client", 1.5)):
             other = pipe[name]["rate"]
+            ratio = pipe["wsync"]["ratio"][name]
             rows.append(
                 (
                     f"pipelined throughput vs {name}",
                     _fmt_rate(w),
                     f">= {factor:.1f}x {name} ({_fmt_rate(other)})",
-                    f"{w / other:.2f}x",
-                    _verdict(w / other >= factor),
+                    f"{ratio:.2f}x",
+                    _verdict(ratio >= factor),
                 )
             )
     if seq:
         s, sc = seq["wsync"]["p50"], seq["websocket-client"]["p50"]
+        ratio = seq["wsync"]["ratio_p50"]
         rows.append(
             (
                 "sequential send_and_wait p50",
                 _us(s),
                 f"<= 1.2x websocket-client p50 ({_us(sc)})",
-                f"{s / sc:.2f}x",
-                _verdict(s / sc <= 1.2),
+                f"{ratio:.2f}x",
+                _verdict(ratio <= 1.2),
             )
         )
     if flush and pipe:
@@ -1061,7 +1095,7 @@ def render(report: Report, **info: Any) -> str:
         f"- server: `benchmarks/bench_server.py --impl {info['server_impl']}` in its own process, "
         "loopback",
         f"- sizes: {info['n']:,} pipelined messages x {info['reps']} repetitions; "
-        f"{info['seq_n']:,} sequential round trips x {info['reps']}; a flush of "
+        f"{info['seq_reps']} blocks of {info['seq_n']:,} sequential round trips; a flush of "
         f"{info['flush_n']:,}; {info['clients']} idle clients; idle window "
         f"{info['idle_seconds']:g} s",
         "",
@@ -1080,13 +1114,14 @@ def render(report: Report, **info: Any) -> str:
             "Median over the repetitions, then every run. CPU per message: every thread of the",
             "process; CPU %: share of one core while timed (client process, server process).",
             "",
-            "| client | msg/s | runs | client CPU/msg | client CPU | server CPU/msg "
-            "| server CPU | frames per server write |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| client | msg/s | vs websocket-client | runs | client CPU/msg | client CPU "
+            "| server CPU/msg | server CPU | frames per server write |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, v in pipe.items():
             lines.append(
-                f"| {name} | {v['rate']:,.0f} | {', '.join(f'{x:,.0f}' for x in v['rates'])} "
+                f"| {name} | {v['rate']:,.0f} | {v['ratio']['websocket-client']:.2f}x "
+                f"| {', '.join(f'{x:,.0f}' for x in v['rates'])} "
                 f"| {v['client_cpu_us']:.1f} µs | {v['client_util']:.0%} "
                 f"| {v['server_cpu_us']:.1f} µs | {v['server_util']:.0%} "
                 f"| {v['frames_per_write']:.1f} |"
@@ -1108,16 +1143,18 @@ def render(report: Report, **info: Any) -> str:
             "",
             "## Sequential round trips (send one message, wait for its response)",
             "",
-            "The reference row is not a contestant: the least a design with a reader thread can",
-            "do (the caller sends, a reader thread resolves a `Future`: one thread hop).",
+            "All four connected at once; each repetition runs one block of round trips per",
+            "contestant, in rotating order. p50/p99/mean: medians over the blocks. The reference",
+            "row is not a contestant: the least a design with a reader thread can do (the caller",
+            "sends, a reader thread resolves a `Future`: one thread hop).",
             "",
-            "| client | p50 | p99 | mean | p50 of each run |",
-            "| --- | --- | --- | --- | --- |",
+            "| client | p50 | p99 | mean | p50 / websocket-client p50 | p50 of each block |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for name, v in seq.items():
             lines.append(
                 f"| {name} | {_us(v['p50'])} | {_us(v['p99'])} | {_us(v['mean'])} "
-                f"| {', '.join(_us(x) for x in v['p50s'])} |"
+                f"| {v['ratio_p50']:.2f}x | {', '.join(f'{x * 1e6:.0f}' for x in v['p50s'])} |"
             )
     flush = r.get("queue flush")
     if flush:
@@ -1196,9 +1233,13 @@ def render(report: Report, **info: Any) -> str:
         "",
         "- One server process for the whole run (`benchmarks/bench_server.py`: asyncio, its own",
         "  WebSocket framing, every frame of one read answered in one write).",
-        "- Each repetition opens a fresh connection and runs a warm-up that is not timed; the",
-        "  contestant that goes first rotates every repetition; medians are reported and every",
-        "  run is listed, none dropped. Nothing is pinned: client and server share the cores.",
+        "- Pipelined: each repetition opens a fresh connection and runs a warm-up that is not",
+        "  timed; the contestant that goes first rotates every repetition. Sequential: every",
+        "  contestant connected and warmed up first, then blocks interleaved. Medians are",
+        "  reported and every run is listed, none dropped. A ratio is the median of the ratios",
+        "  within each repetition (contestants measured minutes apart are never compared), so a",
+        "  change in the machine's load cancels out. Nothing is pinned: client and server share",
+        "  the cores.",
         "- Every raw contestant does the work wsync does: it builds the same JSON `message` frame",
         "  (uuid4 messageId, ISO timestamp), parses each response with `json.loads` and finds",
         "  its message by messageId. Pipelined, a reader thread and a sender keep 64 in flight",

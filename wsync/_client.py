@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from wsync._backoff import Backoff
-from wsync._engine import Engine, make_connector
+from wsync._engine import Callbacks, Engine, make_connector
 from wsync._errors import ServerError
 from wsync._futures import MessageFuture
 from wsync._outbox import Outbox
@@ -190,12 +190,16 @@ class Client:
                 "%s is not encrypted: use wss:// for a host other than loopback",
                 redact_url(url),
             )
+        # Held here only: the engine's threads see them through a weak reference.
+        self._callbacks = Callbacks(
+            _callback("on_state_change", on_state_change),
+            _callback("on_response", on_response),
+            _callback("on_error", on_error),
+        )
         self._engine = Engine(
             url=url,
             client_id=client_id,
-            on_state_change=_callback("on_state_change", on_state_change),
-            on_response=_callback("on_response", on_response),
-            on_error=_callback("on_error", on_error),
+            callbacks=self._callbacks,
             heartbeat_interval=interval,
             heartbeat_timeout=hb_timeout,
             backoff=backoff,

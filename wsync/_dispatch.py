@@ -62,8 +62,8 @@ class Dispatcher:
     def barrier(self) -> threading.Event:
         """An event set once everything enqueued before it has run. Caller holds the lock."""
         event = threading.Event()
-        if self.thread is None:
-            event.set()  # nothing runs items yet: `drain_inline` will
+        if self.thread is None or (self._stopping and not self.thread.is_alive()):
+            event.set()  # nothing runs items (yet, or any more)
         else:
             self.put(event.set)
         return event
@@ -94,5 +94,5 @@ def _run_items(batch: deque[Item]) -> None:
     for fn, args in batch:
         try:
             fn(*args)
-        except Exception:
+        except BaseException:  # SystemExit too: the callbacks thread must outlive user code
             logger.exception("a wsync callback raised; ignored")

@@ -132,6 +132,27 @@ class _MalformedLog:
             self._suppressed += 1
 
 
+class Callbacks:
+    """The user's callbacks. The Client holds this; the engine only a weak reference to it.
+
+    So a callback that refers back to its owner (``self.client = Client(url,
+    on_response=self.handle)``) forms no cycle through the running threads, and a forgotten
+    client can still be collected and closed.
+    """
+
+    __slots__ = ("__weakref__", "on_error", "on_response", "on_state_change")
+
+    def __init__(
+        self,
+        on_state_change: StateCallback | None,
+        on_response: ResponseCallback | None,
+        on_error: ErrorCallback | None,
+    ) -> None:
+        self.on_state_change = on_state_change
+        self.on_response = on_response
+        self.on_error = on_error
+
+
 class Engine:
     """Everything a ``Client`` does, minus argument checking and the public docstrings.
 
@@ -144,9 +165,7 @@ class Engine:
         *,
         url: str,
         client_id: str,
-        on_state_change: StateCallback | None,
-        on_response: ResponseCallback | None,
-        on_error: ErrorCallback | None,
+        callbacks: Callbacks,
         heartbeat_interval: float,
         heartbeat_timeout: float,
         backoff: Backoff,
@@ -159,9 +178,10 @@ class Engine:
     ) -> None:
         self.url = url
         self.client_id = client_id
-        self._on_state_change = on_state_change
-        self._on_response = on_response
-        self._on_error = on_error
+        self._callbacks = weakref.ref(callbacks)
+        self._has_on_state_change = callbacks.on_state_change is not None
+        self._has_on_response = callbacks.on_response is not None
+        self._has_on_error = callbacks.on_error is not None
         self._max_queued = max_queued
         self._clock = clock
         self._connector = connector
@@ -239,9 +259,9 @@ class Engine:
                 if not future.try_set_result_fast(action.response):
                     dispatch.put(future.set_result_safe, action.response)
             elif kind is OnResponse:
-                if self._on_response is not None:
+                if self._has_on_response:
                     assert isinstance(action, OnResponse)
-                    dispatch.put(self._on_response, action.response)
+                    dispatch.put(self._call_on_response, action.response)
             elif kind is Forget:
                 if self._durable:
                     assert isinstance(action, Forget)
@@ -257,8 +277,8 @@ class Engine:
                     logger.info("disconnected: %s", action.state.error)
                 else:
                     logger.info("%s", action.state.status.value)
-                if self._on_state_change is not None:
-                    dispatch.put(self._on_state_change, action.state)
+                if self._has_on_state_change:
+                    dispatch.put(self._call_on_state_change, action.state)
             elif kind is Fail:
                 assert isinstance(action, Fail)
                 for entry in action.entries:
@@ -266,9 +286,9 @@ class Engine:
                     if not entry.future.try_set_exception_fast(error):
                         dispatch.put(entry.future.set_exception_safe, error)
             elif kind is OnError:
-                if self._on_error is not None:
+                if self._has_on_error:
                     assert isinstance(action, OnError)
-                    dispatch.put(self._on_error, action.error)
+                    dispatch.put(self._call_on_error, action.error)
             elif kind is Abort:
                 assert isinstance(action, Abort)
                 later.append((action, self._transports.pop(action.generation, None)))
@@ -294,11 +314,31 @@ class Engine:
                 if transport is not None:
                     logger.debug("aborting connection %d: %s", action.generation, action.reason)
                     transport.abort()
-                elif self._opening == action.generation:
-                    self._connector.cancel()
+                else:
+                    with self._lock:
+                        # Only the attempt still in flight; cancel() never blocks.
+                        if self._opening == action.generation:
+                            self._connector.cancel()
             elif type(action) is Open:
                 assert isinstance(action, Open)
                 self._open(action)
+
+    # On the callbacks thread: look the callback up now (the client may be gone).
+
+    def _call_on_state_change(self, state: ConnectionState) -> None:
+        callbacks = self._callbacks()
+        if callbacks is not None and callbacks.on_state_change is not None:
+            callbacks.on_state_change(state)
+
+    def _call_on_response(self, response: Response) -> None:
+        callbacks = self._callbacks()
+        if callbacks is not None and callbacks.on_response is not None:
+            callbacks.on_response(response)
+
+    def _call_on_error(self, error: Any) -> None:
+        callbacks = self._callbacks()
+        if callbacks is not None and callbacks.on_error is not None:
+            callbacks.on_error(error)
 
     def _flush_forgets(self) -> None:
         """Remove answered/failed messages from the durable outbox (on the callbacks thread)."""
@@ -315,10 +355,10 @@ class Engine:
                         "could not remove %d answered messages from the outbox", len(ids)
                     )
 
-    def _cancelled(self, message_id: str) -> None:
+    def _cancelled(self, future: MessageFuture) -> None:
         """A MessageFuture was cancelled (in the canceller's thread)."""
         with self._lock:
-            later = self._apply(self._machine.discard(message_id))
+            later = self._apply(self._machine.discard(future.message_id, future))
         self._carry_out(later)
 
     # --- public operations ----------------------------------------------------------------
@@ -440,23 +480,34 @@ class Engine:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             pass
+        text = f"no response to message {future.message_id} within {timeout:g} s"
         with self._lock:
             machine = self._machine
-            # Still queued: withdrawn, never sent. Written: never written again.
+            # Still queued: withdrawn, never sent. Written: never written again. The future
+            # fails in the same hold of the lock, so a writer holding the entry right now
+            # finds it done and skips it.
             entry = machine.withdraw(future.message_id) or machine.abandon(future.message_id)
-            later = self._apply([Forget((future.message_id,))] if entry is not None else [])
+            later = (
+                self._apply(
+                    [Fail((entry,), lambda: ResponseTimeout(text)), Forget((entry.message_id,))]
+                )
+                if entry is not None
+                else []
+            )
         self._carry_out(later)
         if entry is None:
             return future.result(0)  # answered (or failed) just now
-        error = ResponseTimeout(f"no response to message {future.message_id} within {timeout:g} s")
-        future.set_exception_safe(ResponseTimeout(str(error)))
-        raise error
+        raise ResponseTimeout(text)
 
     def flush(self, timeout: float | None) -> bool:
         deadline = Deadline(timeout)
         with self._lock:
             machine = self._machine
-            drained = self._state_cv.wait_for(lambda: not machine.pending, deadline.remaining())
+            drained = self._state_cv.wait_for(
+                lambda: not machine.pending or self._closing, deadline.remaining()
+            )
+            if self._closing:
+                return not machine.pending  # close() failed them all; nothing runs any more
             if not drained:
                 return False
             if self._dispatch.on_thread():
@@ -535,12 +586,21 @@ class Engine:
             logger.exception("could not release the outbox")
 
     def close_soon(self) -> None:
-        """Start closing without waiting (a forgotten client being garbage-collected)."""
+        """Close a forgotten client (its facade was garbage-collected), without waiting.
+
+        The collector may run in any thread, even one of ours while it holds ``_lock``: so
+        the close runs in a thread of its own, never in the caller.
+        """
         if not self._closing:
-            try:
-                self.close(timeout=0.0, quiet=True)
-            except Exception:
-                logger.exception("internal error while closing a forgotten client")
+            threading.Thread(
+                target=self._close_forgotten, name="wsync-finalizer", daemon=True
+            ).start()
+
+    def _close_forgotten(self) -> None:
+        try:
+            self.close(timeout=1.0, quiet=True)
+        except Exception:
+            logger.exception("internal error while closing a forgotten client")
 
     # --- the timer thread -----------------------------------------------------------------
 
@@ -670,6 +730,8 @@ class Engine:
             future = entry.future
             if future.running():
                 ok = True  # written before, on a lost connection: write it again
+            elif future.done():
+                ok = False  # cancelled or timed out meanwhile: never written
             else:
                 try:
                     ok = future.set_running_or_notify_cancel()
@@ -687,7 +749,9 @@ class Engine:
             except TransportClosed as exc:
                 error = exc
         with self._lock:
-            later = self._apply(self._machine.writes_done(generation, written, skipped))
+            # After a failed write nothing counts as written: the loss below queues it all again.
+            done = written if error is None else []
+            later = self._apply(self._machine.writes_done(generation, done, skipped))
             if error is not None:
                 lost = ConnectError(f"connection lost while writing: {error}")
                 lost.__cause__ = error
@@ -710,7 +774,7 @@ class Engine:
             self._reader_loop(generation, transport)
         except Exception:
             transport.abort()
-            self._internal_error("reader")
+            self._internal_error("reader", generation)
 
     def _reader_loop(self, generation: int, transport: Transport) -> None:
         machine = self._machine
@@ -746,12 +810,17 @@ class Engine:
             self._machine.on_malformed()
         self._malformed_log.report(reason, time.monotonic())
 
-    def _internal_error(self, role: str) -> None:
+    def _internal_error(self, role: str, generation: int | None = None) -> None:
+        """A bug below: log it, treat the connection as lost, and (for a loop) pause briefly."""
         logger.exception("internal error in the %s thread", role)
         if self._closing:
             return
         with self._lock:
-            generation = self._machine.generation
+            if generation is None:
+                # The writer and timer loops restart after this: never a hot loop of errors.
+                cv = self._timer_cv if role == "timer" else self._writer_cv
+                cv.wait(0.1)
+                generation = self._machine.generation
             error = ConnectError(f"internal error in the {role} thread")
             later = self._apply(self._machine.on_connection_lost(generation, error, self._clock()))
         self._carry_out(later)

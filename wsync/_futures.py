@@ -26,7 +26,9 @@ class MessageFuture(Future["Response"]):
         message_id: the ``messageId`` of the message.
     """
 
-    def __init__(self, message_id: str, on_cancel: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, message_id: str, on_cancel: Callable[[MessageFuture], None] | None = None
+    ) -> None:
         super().__init__()
         self.message_id = message_id
         self._on_cancel = on_cancel
@@ -39,13 +41,24 @@ class MessageFuture(Future["Response"]):
 
         Thread-safe. A cancelled message leaves the queue (and the durable outbox).
         """
-        already = self.cancelled()
-        cancelled = super().cancel()
-        # Only the cancel that did it withdraws the message: cancelling again must not touch
-        # a later message that reuses the id.
-        if cancelled and not already and self._on_cancel is not None:
-            self._on_cancel(self.message_id)
-        return cancelled
+        # Future.cancel(), with one step added between the state change and the callbacks:
+        # the message leaves the queue first, so a done-callback sees it gone. Only the call
+        # that made the transition withdraws it: cancelling again must not touch a later
+        # message that reuses the id. (Future's _state/_condition/_invoke_callbacks have been
+        # stable since Python 3.2.)
+        cond: Any = self._condition
+        with cond:
+            state = self._state
+            if state in ("RUNNING", "FINISHED"):
+                return False
+            if state in ("CANCELLED", "CANCELLED_AND_NOTIFIED"):
+                return True
+            self._state = "CANCELLED"
+            cond.notify_all()
+        if self._on_cancel is not None:
+            self._on_cancel(self)
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
 
     # Resolution without a thread hop. Future.set_result() runs done-callbacks in the
     # calling thread; wsync must never run user code on its socket-reading thread. So the

@@ -32,7 +32,7 @@ import attrs
 
 from wsync import protocol
 from wsync._backoff import Backoff
-from wsync._errors import ClientClosed, ConnectError, ConnectTimeout, HandshakeError, ServerError
+from wsync._errors import ClientClosed, ConnectError, HandshakeError, ServerError
 from wsync._ratelimit import TokenBucket
 from wsync._values import ConnectionState, Stats, Status
 
@@ -58,6 +58,8 @@ __all__ = [
 # How many messages the writer takes at once: big enough to batch a flush into few
 # syscalls, small enough that control frames (pings, pongs) are never far behind.
 WRITE_BATCH: Final = 256
+# ...and at most about this many bytes, so a ping never waits behind a huge backlog.
+WRITE_BATCH_BYTES: Final = 256 * 1024
 
 
 class Control(enum.Enum):
@@ -391,18 +393,27 @@ class Machine:
         return actions
 
     def stop_trying(self, now: float, error: BaseException) -> list[Action]:
-        """``connect(timeout=...)`` ran out: stop, fail the waiting futures, DISCONNECTED."""
+        """``connect(timeout=...)`` ran out: stop trying; DISCONNECTED.
+
+        Unlike a give-up, the queue is kept: the caller chose the deadline and learns of it
+        from ConnectTimeout; the messages go out after a later ``connect()``/``reconnect()``
+        (or fail with ClientClosed at ``close()``), and a durable outbox keeps them.
+        """
         actions: list[Action] = []
         if self.closed or not self.trying:
             return actions
+        was_disconnected = self.status is Status.DISCONNECTED
         self._drop_connection(actions, "connect timed out")
         self.generation += 1
         self.trying = False
         self.next_attempt_at = None
         self.last_failure = error
-        self._fail_pending(lambda: _with_cause(ConnectTimeout(str(error)), error.__cause__),
-                           actions, forget=True)
-        self._set_state(Status.DISCONNECTED, actions, error=str(error), attempt=self.attempt)
+        if was_disconnected:
+            # Waiting for the next attempt: not a transition, so nothing to report.
+            self.state = attrs.evolve(self.state, error=str(error))
+            self.wake_waiters = self.wake_timer = True
+        else:
+            self._set_state(Status.DISCONNECTED, actions, error=str(error), attempt=self.attempt)
         return actions
 
     def send(self, entry: Entry) -> None:
@@ -617,6 +628,7 @@ class Machine:
         if self.status is Status.PENDING:
             error = HandshakeError(f"server refused the handshake: {frame.error}")
             error.__cause__ = server_error
+            # A refusal of the connection: no message was written on it, none is failed.
             self._attempt_failed(error, now, actions)
             return
         if frame.message_id is None:
@@ -670,13 +682,15 @@ class Machine:
             limit = self._bucket.take(min(limit, len(self._to_write)), now)
         to_write = self._to_write
         taken = 0
-        while to_write and taken < limit:
+        size = 0
+        while to_write and taken < limit and size < WRITE_BATCH_BYTES:
             entry = to_write.popleft()
             if entry.state is not EntryState.QUEUED:
                 continue  # withdrawn, cancelled or answered meanwhile
             entry.state = EntryState.TAKEN
             entries.append(entry)
             taken += 1
+            size += len(entry.text)
         if self._bucket is not None and taken < limit:
             # Tokens were taken for entries that turned out to be gone: give them back.
             self._bucket.give_back(limit - taken)
@@ -711,11 +725,16 @@ class Machine:
             self._notify_if_drained()
         return actions
 
-    def discard(self, message_id: str) -> list[Action]:
-        """A future was cancelled: forget its message unless it was written already."""
+    def discard(self, message_id: str, future: object = None) -> list[Action]:
+        """A future was cancelled: forget its message unless it was written already.
+
+        With ``future``, only the message of that very future (an id may be reused later).
+        """
         actions: list[Action] = []
         entry = self.pending.get(message_id)
         if entry is None or entry.state is EntryState.WRITTEN:
+            return actions
+        if future is not None and entry.future is not future:
             return actions
         if entry.state is EntryState.TAKEN:
             return actions  # the writer sees the cancel and reports it as skipped

@@ -1123,6 +1123,8 @@ class Connector:
             if remaining <= 0:
                 raise TimeoutError("timed out")
             sock.settimeout(remaining)
+            # A cancel that came after _adopt() found nothing to shut down yet: see it now.
+            self._check(attempt)
             try:
                 sock.connect(address)
             except OSError as exc:

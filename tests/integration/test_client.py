@@ -308,3 +308,29 @@ class TestValidation:
             assert "secret" not in c._repr_html_()
         finally:
             c.close()
+
+
+class TestCancelCallbacks:
+    def test_message_is_withdrawn_before_done_callbacks_run(self, client: Client) -> None:
+        """Inside a cancel's done-callback the message is gone: its id can be sent again."""
+        seen: list[int] = []
+        future = client.send("first", message_id="reused")
+
+        def resend(_: concurrent.futures.Future[wsync.Response]) -> None:
+            seen.append(client.stats().queued)
+            client.send("second", message_id="reused")
+
+        future.add_done_callback(resend)
+        assert future.cancel()
+        assert seen == [0]
+        client.connect(timeout=TIMEOUT)
+        assert client.flush(timeout=TIMEOUT)
+
+    def test_second_cancel_spares_a_new_message_with_the_same_id(self, client: Client) -> None:
+        """Cancelling an already cancelled future again does not withdraw a later message."""
+        old = client.send("old", message_id="k")
+        assert old.cancel()
+        new = client.send("new", message_id="k")
+        assert old.cancel()
+        client.connect(timeout=TIMEOUT)
+        assert new.result(TIMEOUT).content == "new"

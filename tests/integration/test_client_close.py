@@ -250,3 +250,70 @@ class TestForgottenClients:
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "hi"
         assert time.monotonic() - started < 15
+
+    def test_client_owned_by_an_object_its_callbacks_refer_to_is_collected(
+        self, server: ProtocolServer
+    ) -> None:
+        """`self.client = Client(url, on_response=self.handle)` leaks nothing once forgotten."""
+
+        class Owner:
+            def __init__(self) -> None:
+                self.client = Client(server.url, backoff=FAST, on_response=self.handle)
+                self.client.connect(timeout=TIMEOUT)
+
+            def handle(self, response: wsync.Response) -> None:
+                pass
+
+        Owner()
+        gc.collect()
+        assert server.wait_until(lambda: server.live_connections == 0, TIMEOUT)
+
+    def test_finalizer_never_closes_in_the_collecting_thread(
+        self, server: ProtocolServer
+    ) -> None:
+        """The GC finalizer may run while the engine's lock is held: it must not take it."""
+        c = Client(server.url, backoff=FAST)
+        c.connect(timeout=TIMEOUT)
+        engine = c._engine
+        finished = threading.Event()
+
+        def collect_while_locked() -> None:
+            with engine._lock:  # as if the collector ran inside one of the client's threads
+                engine.close_soon()
+            finished.set()
+
+        worker = threading.Thread(target=collect_while_locked, daemon=True)
+        worker.start()
+        assert finished.wait(TIMEOUT), "close_soon() blocked on the engine lock"
+        assert server.wait_until(lambda: server.live_connections == 0, TIMEOUT)
+        c.close()
+
+
+class TestAfterClose:
+    def test_flush_after_close_returns_at_once(self, server: ProtocolServer) -> None:
+        """flush() on a closed client returns at once instead of waiting forever."""
+        c = Client(server.url, backoff=FAST)
+        c.connect(timeout=TIMEOUT)
+        c.close()
+        started = time.monotonic()
+        assert c.flush() is True
+        assert time.monotonic() - started < 1.0
+
+    def test_system_exit_in_a_callback_does_not_kill_the_callbacks_thread(
+        self, server: ProtocolServer
+    ) -> None:
+        """A callback raising SystemExit is logged; later callbacks and futures still run."""
+        calls: list[str] = []
+
+        def on_response(response: wsync.Response) -> None:
+            calls.append(response.content)
+            if response.content == "first":
+                raise SystemExit(3)
+
+        with Client(server.url, backoff=FAST, on_response=on_response) as c:
+            c.send_and_wait("first", timeout=TIMEOUT)
+            done = threading.Event()
+            c.send("second").add_done_callback(lambda _: done.set())
+            assert done.wait(TIMEOUT)
+            assert c.flush(timeout=TIMEOUT)
+        assert calls == ["first", "second"]

@@ -231,17 +231,24 @@ class TestGiveUp:
         finally:
             c.close()
 
-    def test_connect_timeout_stops_trying(self, server: ProtocolServer) -> None:
-        """connect(timeout) raises ConnectTimeout; the client is DISCONNECTED and stops trying."""
+    def test_connect_timeout_stops_trying_and_keeps_the_queue(
+        self, server: ProtocolServer
+    ) -> None:
+        """ConnectTimeout: DISCONNECTED, no more attempts; queued messages go after connect()."""
         server.stall()
         c = Client(server.url, backoff=FAST, connect_timeout=5.0)
         try:
-            queued = c.send("never")
+            queued = c.send("kept")
             with pytest.raises(wsync.ConnectTimeout):
                 c.connect(timeout=0.3)
             assert c.state.status is Status.DISCONNECTED
-            with pytest.raises(wsync.ConnectError):
-                queued.result(TIMEOUT)
+            attempts = server.connections_total
+            assert not queued.done()
+            assert c.stats().queued == 1
+            server.unstall()
+            c.connect(timeout=TIMEOUT)
+            assert queued.result(TIMEOUT).content == "kept"
+            assert server.connections_total == attempts + 1
         finally:
             c.close()
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
-
 from wsync import protocol
 from wsync._backoff import Backoff
 from wsync._errors import ClientClosed, ConnectError, ConnectTimeout, HandshakeError, ServerError
@@ -734,27 +732,36 @@ class TestGiveUp:
         handshake(m, gen, T0 + 100)
         assert write(m, gen, T0 + 100) == [late]
 
-    def test_stop_trying_fails_pending_with_connect_timeout(self) -> None:
-        """stop_trying() fails the pending futures with ConnectTimeout, forgets them, stops."""
+    def test_stop_trying_keeps_the_queue(self) -> None:
+        """stop_trying() while waiting to retry stops silently and keeps the queued messages."""
         m = make_machine()
         a = entry("a")
         m.send(a)
         m.connect(T0)
         fail_attempt(m, T0)
-        cause = ConnectError("refused")
         timeout = ConnectTimeout("not connected within 0.5 s")
-        timeout.__cause__ = cause
         actions = m.stop_trying(T0 + 0.5, timeout)
-        assert kinds(actions) == [Fail, Forget, Notify]
-        error = actions[0].error()  # type: ignore[union-attr]
-        assert type(error) is ConnectTimeout
-        assert error.__cause__ is cause
-        assert actions[1] == Forget(("a",))
-        assert notified(actions)[0].status is Status.DISCONNECTED
-        assert notified(actions)[0].error == "not connected within 0.5 s"
+        assert actions == []  # DISCONNECTED already: no transition to report
+        assert m.state.status is Status.DISCONNECTED
+        assert m.state.error == "not connected within 0.5 s"
+        assert m.pending == {"a": a}
+        assert a.state is EntryState.QUEUED
         assert not m.trying
         assert m.next_deadline() is None
         assert m.on_timer(T0 + 100) == []
+
+    def test_queue_kept_by_stop_trying_goes_out_after_connect(self) -> None:
+        """Messages kept by stop_trying() are written after a later connect() confirms."""
+        m = make_machine()
+        a = entry("a")
+        m.send(a)
+        m.connect(T0)
+        fail_attempt(m, T0)
+        m.stop_trying(T0 + 0.5, ConnectTimeout("timed out"))
+        m.connect(T0 + 1)
+        gen = open_pending(m, T0 + 1)
+        handshake(m, gen, T0 + 1)
+        assert write(m, gen, T0 + 1) == [a]
 
     def test_stop_trying_aborts_attempt_in_flight(self) -> None:
         """stop_trying() during PENDING aborts that connection first."""
@@ -960,15 +967,6 @@ class TestServerPing:
         m.on_frame(gen, PING, T0 + 30)
         m.on_timer(T0 + 30)
         assert m.take_writes(gen, T0 + 30) == ([Control.PONG, Control.PING], [a])
-
-    def test_connect_written_before_pong_while_pending(self) -> None:
-        """A server ping during PENDING never puts anything before CONNECT."""
-        m = make_machine()
-        gen = open_pending(m)
-        m.on_frame(gen, PING, T0)
-        controls, entries = m.take_writes(gen, T0)
-        assert controls[0] is Control.CONNECT
-        assert entries == []
 
     def test_connect_first_while_pending(self) -> None:
         """While PENDING a server ping is answered, but only after CONNECT."""
@@ -1193,8 +1191,8 @@ class TestCancelWithdrawAbandon:
         """Cancelling an old cancelled future again leaves a later message with its id alone."""
         m = make_machine()
 
-        def on_cancel(message_id: str) -> None:  # what the engine does for a MessageFuture
-            m.discard(message_id)
+        def on_cancel(future: MessageFuture) -> None:  # what the engine does
+            m.discard(future.message_id, future)
 
         old = Entry("k", "a", "text-a", MessageFuture("k", on_cancel))
         m.send(old)
