@@ -73,6 +73,13 @@ VARIANTS = (
 # The prototypes
 
 
+def _framing() -> Any:
+    """The module that defines the Transport wsync uses (and its _encode_frame, _utf8)."""
+    from wsync import _transport
+
+    return sys.modules[_transport.Transport.__module__]
+
+
 def patch_futures() -> None:
     from concurrent.futures import _base
 
@@ -151,7 +158,10 @@ def patch_lean_actions() -> None:
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        self._machine.want_on_response = self._on_response is not None
+        has = getattr(self, "_has_on_response", None)  # the engine's attribute has moved before
+        self._machine.want_on_response = (
+            has if has is not None else getattr(self, "_on_response", None) is not None
+        )
         self._machine.durable = self._durable
 
     _engine.Engine.__init__ = __init__
@@ -175,8 +185,9 @@ class _Pool:
 
 
 def patch_pooled_random() -> None:
-    from wsync import _engine, _transport
+    from wsync import _engine
 
+    _transport = _framing()
     ids, keys = _Pool(16), _Pool(4)
     mask, bits = (1 << 128) - 1 ^ (0xF000 << 64) ^ (0xC000 << 48), (0x4000 << 64) | (0x8000 << 48)
 
@@ -269,12 +280,16 @@ def patch_lazy_condition() -> None:
 
     from wsync._futures import MessageFuture
 
-    create = threading.Lock()
-    original_init = MessageFuture.__init__
+    pending, running, finished = _base.PENDING, _base.RUNNING, _base.FINISHED
+    cancelled, notified = _base.CANCELLED, _base.CANCELLED_AND_NOTIFIED
+    done_states = (cancelled, notified, finished)
+    create = threading.Lock()  # one per process: makes a future's Condition exactly once
+    base = _base.Future
 
     def __init__(self: Any, message_id: str, on_cancel: Any = None) -> None:
-        # Future.__init__ minus the Condition.
-        self._state = _base.PENDING
+        # Future.__init__ minus the Condition, made on first use: by a waiter, a
+        # done-callback, cancel(). A future nobody waits on never gets one.
+        self._state = pending
         self._result = None
         self._exception = None
         self._waiters = []
@@ -291,9 +306,44 @@ def patch_lazy_condition() -> None:
                     cond = self.__dict__["_cond"] = threading.Condition()
         return cond
 
-    assert original_init is not None
+    def set_running_or_notify_cancel(self: Any) -> bool:
+        if "_cond" not in self.__dict__:
+            with create:
+                if "_cond" not in self.__dict__:  # no Condition: no waiter, no callback
+                    if self._state == pending:
+                        self._state = running
+                        return True
+                    if self._state == cancelled:
+                        self._state = notified
+                        return False
+                    raise RuntimeError("Future in unexpected state")
+        return base.set_running_or_notify_cancel(self)
+
+    def try_set_result_fast(self: Any, value: Any) -> bool:
+        if "_cond" not in self.__dict__:
+            with create:
+                if "_cond" not in self.__dict__:  # no Condition: no waiter, no callback
+                    if self._state not in done_states:
+                        self._result = value
+                        self._state = finished
+                    return True
+        cond = self._condition
+        with cond:
+            if self._state in done_states:
+                return True
+            if self._done_callbacks:
+                return False
+            self._result = value
+            self._state = finished
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            cond.notify_all()
+        return True
+
     MessageFuture.__init__ = __init__
     MessageFuture._condition = property(_condition)
+    MessageFuture.set_running_or_notify_cancel = set_running_or_notify_cancel
+    MessageFuture.try_set_result_fast = try_set_result_fast
 
 
 def patch_orjson() -> None:
@@ -314,8 +364,13 @@ def patch_orjson() -> None:
 
 def patch_inline_write() -> None:
     from wsync import _engine
-    from wsync._transport import TransportClosed, _encode_frame, _utf8
 
+    framing = _framing()
+    TransportClosed, _encode_frame, _utf8 = (
+        framing.TransportClosed,
+        framing._encode_frame,
+        framing._utf8,
+    )
     Engine = _engine.Engine
     original_send = Engine.send
     original_write = Engine._write
@@ -498,6 +553,82 @@ def child(url: str, variant: str, n: int, seq_n: int) -> dict[str, Any]:
     return out
 
 
+def micro(variant: str, n: int) -> dict[str, float]:
+    """Per-message CPU of each stage, one thread, no sockets: the same code for every variant.
+
+    send: ``Client.send`` while disconnected (id, timestamp, frame text, entry, future,
+    machine). writer: ``Engine._write`` of batches of 64 to a transport that frames them
+    but has no socket. reader: ``decode`` + machine + ``_apply`` of one response (what the
+    reader does after ``recv``). result: ``future.result()`` of a finished future.
+    Best of 5, microseconds per message.
+    """
+    apply(variant)
+    import wsync
+    from wsync import protocol
+    from wsync._values import Status
+
+    _transport = _framing()
+
+    class FramingTransport:
+        def send_texts(self, texts: list[str]) -> None:
+            b"".join([_transport._encode_frame(1, _transport._utf8(t)) for t in texts])
+
+    def one_round() -> dict[str, float]:
+        client = wsync.Client("ws://127.0.0.1:9", heartbeat_interval=HEARTBEAT_MICRO)
+        engine = client._engine
+        machine = engine._machine
+        t0 = time.perf_counter()
+        futures = [client.send(bench.CONTENT) for _ in range(n)]
+        send = time.perf_counter() - t0
+        # Pretend the connection of generation 1 is confirmed; entries go to the writer.
+        machine.generation, machine._conn_open = 1, True
+        machine.status = Status.CONFIRMED
+        machine._to_write = collections.deque(machine.pending.values())
+        transport = FramingTransport()
+        t0 = time.perf_counter()
+        while True:
+            with engine._lock:
+                _, entries = machine.take_writes(1, engine._clock(), 64)
+            if not entries:
+                break
+            engine._write(1, transport, [], entries)
+        write = time.perf_counter() - t0
+        stamp = protocol.format_timestamp(protocol.now())
+        texts = [
+            f'{{"type":"response","messageId":"{f.message_id}","content":"{bench.CONTENT}",'
+            f'"timestamp":"{stamp}"}}'
+            for f in futures
+        ]
+        decode, clock = protocol.decode, engine._clock
+        t0 = time.perf_counter()
+        for text in texts:
+            frame = decode(text)
+            with engine._lock:
+                engine._apply(machine.on_frame(1, frame, clock()))
+        read = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for future in futures:
+            future.result()
+        result = time.perf_counter() - t0
+        machine._conn_open = False
+        machine.status = Status.DISCONNECTED
+        client.close(0.1)
+        return {
+            "send": send / n * 1e6,
+            "writer": write / n * 1e6,
+            "reader": read / n * 1e6,
+            "result": result / n * 1e6,
+        }
+
+    rounds = [one_round() for _ in range(5)]
+    best = {k: min(r[k] for r in rounds) for k in rounds[0]}
+    best["total"] = sum(best.values())
+    return best
+
+
+HEARTBEAT_MICRO = 3600.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -505,14 +636,35 @@ def main() -> int:
     parser.add_argument("--seq-n", type=int, default=3_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--extra-path", help="a directory to put on sys.path (orjson)")
+    parser.add_argument(
+        "--micro", action="store_true", help="per-stage CPU, one thread, no sockets, instead"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.extra_path:
         sys.path.insert(0, args.extra_path)
     if args.child:
-        print(json.dumps(child(args.url, args.child, args.n, args.seq_n)))
+        if args.micro:
+            print(json.dumps(micro(args.child, 10_000)))
+        else:
+            print(json.dumps(child(args.url, args.child, args.n, args.seq_n)))
         return 0
+    if args.micro:
+        return run_micro(args)
+    if "WSYNC_BENCH_PATH" not in os.environ:
+        # Every child measures one copy of wsync/, taken now: the working tree may change
+        # while the variants run, and baseline and variant must run the same code.
+        import shutil
+        import tempfile
+
+        snapshot = tempfile.mkdtemp(prefix="wsync-exp-")
+        shutil.copytree(bench.WSYNC_PATH / "wsync", Path(snapshot) / "wsync")
+        os.environ["WSYNC_BENCH_PATH"] = snapshot
+        try:
+            return main()
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
     variants = args.variants.split(",")
     server = bench.Server()
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -578,6 +730,41 @@ def main() -> int:
             f"| {m['seq_cpu_us']:.1f} µs | {paired(v, 'seq_cpu_us')} |"
         )
     return 1 if failed else 0
+
+
+def run_micro(args: argparse.Namespace) -> int:
+    if "WSYNC_BENCH_PATH" not in os.environ:
+        import shutil
+        import tempfile
+
+        snapshot = tempfile.mkdtemp(prefix="wsync-exp-")
+        shutil.copytree(bench.WSYNC_PATH / "wsync", Path(snapshot) / "wsync")
+        os.environ["WSYNC_BENCH_PATH"] = snapshot
+        try:
+            return run_micro(args)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+    variants = args.variants.split(",")
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for rep in range(args.reps):
+        for variant in variants[rep % len(variants) :] + variants[: rep % len(variants)]:
+            command = [sys.executable, __file__, "--child", variant, "--micro"]
+            if args.extra_path:
+                command += ["--extra-path", args.extra_path]
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            if proc.returncode:
+                print(f"{variant}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            results[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    best = {v: {k: min(r[k] for r in rs) for k in rs[0]} for v, rs in results.items()}
+    stages = ("send", "writer", "reader", "result", "total")
+    print("\nper-message CPU by stage, one thread, no sockets (µs; best of all runs)\n")
+    print("| variant | " + " | ".join(stages) + " | total vs baseline |")
+    print("| --- " * (len(stages) + 2) + "|")
+    for v, b in best.items():
+        ratio = b["total"] / best["baseline"]["total"] if "baseline" in best else float("nan")
+        print(f"| {v} | " + " | ".join(f"{b[k]:.2f}" for k in stages) + f" | {ratio:.2f}x |")
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# WSYNC_BENCH_PATH: a directory holding the ``wsync`` package to measure (a snapshot, so that
+# edits made to the working tree while a run is going on do not mix versions); default: ROOT.
+WSYNC_PATH = Path(os.environ.get("WSYNC_BENCH_PATH") or ROOT)
+sys.path.insert(0, str(WSYNC_PATH))
 
 import websocket  # noqa: E402 - after the path fix above
 import websockets  # noqa: E402
@@ -849,6 +852,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10)")
     parser.add_argument("--clients", type=int, help="idle clients for RSS/threads (default 200)")
     parser.add_argument("--server", choices=("raw", "websockets"), default="raw")
+    parser.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="measure wsync/ in place (default: a copy taken at the start, so that edits made "
+        "during the run cannot mix versions)",
+    )
     parser.add_argument("--output", help="report file (default: BENCHMARKS.md; --quick: none)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -875,6 +884,21 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or (None if quick else str(ROOT / "BENCHMARKS.md"))
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
+    source = _describe_source()
+    if not args.no_snapshot and "WSYNC_BENCH_PATH" not in os.environ:
+        # Re-run this script on a copy of wsync/ taken now (children inherit the variable).
+        import shutil
+        import tempfile
+
+        snapshot = tempfile.mkdtemp(prefix="wsync-bench-")
+        shutil.copytree(WSYNC_PATH / "wsync", Path(snapshot) / "wsync")
+        env = dict(os.environ, WSYNC_BENCH_PATH=snapshot, WSYNC_BENCH_SOURCE=source)
+        forwarded = sys.argv[1:] if argv is None else argv
+        try:
+            return subprocess.call([sys.executable, __file__, *forwarded], env=env)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+    source = os.environ.get("WSYNC_BENCH_SOURCE", source)
     started = time.perf_counter()
     load_before = os.getloadavg()
     report = Report()
@@ -940,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         clients=clients,
         idle_seconds=idle_seconds,
         server_impl=args.server,
+        source=source,
     )
     print()
     print(text)
@@ -954,6 +979,28 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # The report
+
+
+def _describe_source() -> str:
+    """Which wsync is measured: the commit, and whether wsync/ differs from it (read-only git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "wsync"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes in wsync/" if dirty else "")
 
 
 def _cpu_model() -> str:
@@ -1089,6 +1136,7 @@ def render(report: Report, **info: Any) -> str:
         f"{platform.system()} {platform.release()}; load average (1 min) {load0:.2f} before, "
         f"{load1:.2f} after"
         + (": **other work shared the machine, expect noise**" if busy else ""),
+        f"- wsync measured: {info['source']} (a copy taken when the run started)",
         f"- Python {platform.python_version()} ({platform.python_implementation()}); wsync "
         f"{wsync.__version__}, websocket-client {websocket.__version__}, websockets "
         f"{websockets.__version__}, attrs {_version('attrs')}, cattrs {_version('cattrs')}",

@@ -1,4 +1,4 @@
-"""The ``wsync`` command line: ``main(argv)`` in-process, and ``python -m wsync`` as a subprocess."""
+"""The ``wsync`` command line: ``main(argv)`` in-process, and ``python -m wsync`` as a process."""
 
 from __future__ import annotations
 
@@ -168,6 +168,19 @@ class TestConsole:
         """A stream that cannot encode the symbols gets plain ones."""
         stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
         assert Console(stream).glyph("✓", "ok") == "ok"
+
+
+    def test_a_closed_pipe_is_not_an_error(self) -> None:
+        """`wsync demo | head`: writes after the reader left are dropped, not raised."""
+
+        class ClosedPipe(io.StringIO):
+            def write(self, text: str) -> int:
+                raise BrokenPipeError
+
+        console = Console(ClosedPipe())
+        console.line("one")
+        console.line("two")
+        assert console.broken
 
 
 class TestSend:
@@ -363,7 +376,7 @@ class TestChat:
     def test_embedded_server_and_faults(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """Without URL it starts a server; lines typed while it is down are queued, then answered."""
+        """Without URL it starts a server; lines typed while it is down are queued and answered."""
         lines = "one\n/restart 0.3\ntwo\n/stats\n/help\nthree\n"
         assert self._chat(monkeypatch, lines) == EXIT_OK
         out = capsys.readouterr().out

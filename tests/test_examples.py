@@ -163,3 +163,60 @@ def test_kernel_shutdown_with_an_open_client_does_not_hang(
     assert shutdown < SHUTDOWN_WAIT / 4, f"kernel shutdown took {shutdown:.1f} s"
     assert server.wait_until(lambda: server.live_connections == 0, timeout=5)
     assert server.connections_total == 2
+
+
+class TestStatusWidget:
+    """``wsync._notebook.status_widget`` in-process (an ipywidget needs no kernel to exist)."""
+
+    def test_redraws_on_state_changes_and_responses(self, server: ProtocolServer) -> None:
+        """The widget follows the client: disconnected, confirmed, final counters, closed."""
+        import wsync
+        from wsync import status_widget
+
+        seen: list[wsync.Status] = []
+        client = wsync.Client(server.url, on_state_change=lambda s: seen.append(s.status))
+        try:
+            widget = status_widget(client)
+            assert "disconnected" in widget.value
+            client.connect(timeout=5)
+            for n in range(5):
+                client.send(f"m{n}")
+            assert client.flush(timeout=5)
+            assert "confirmed" in widget.value
+            assert "received 5" in widget.value  # the last redraw came once nothing was left
+        finally:
+            client.close()
+        assert "closed" in widget.value
+        assert seen[-1] is wsync.Status.CLOSED  # the client's own callback still runs
+
+    def test_holds_the_client_weakly(self, server: ProtocolServer) -> None:
+        """A widget kept in an output does not keep a forgotten client alive."""
+        import gc
+        import weakref
+
+        import wsync
+        from wsync import status_widget
+
+        client = wsync.Client(server.url)
+        client.connect(timeout=5)
+        widget = status_widget(client)
+        ref = weakref.ref(client)
+        del client
+        gc.collect()
+        assert ref() is None  # collected, and so closed: the thread check sees no leftovers
+        assert widget.value
+
+    def test_without_ipywidgets_says_what_to_install(
+        self, server: ProtocolServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No ipywidgets: an ImportError naming the extra."""
+        import wsync
+        from wsync import status_widget
+
+        monkeypatch.setitem(sys.modules, "ipywidgets", None)
+        client = wsync.Client(server.url)
+        try:
+            with pytest.raises(ImportError, match=r"wsync\[notebook\]"):
+                status_widget(client)
+        finally:
+            client.close()

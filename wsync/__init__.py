@@ -24,6 +24,7 @@ from wsync._errors import (
     WsyncError,
 )
 from wsync._futures import MessageFuture
+from wsync._notebook import status_widget
 from wsync._sqlite_outbox import SQLiteOutbox
 from wsync._values import ConnectionState, Stats, Status
 from wsync.protocol import Response
@@ -49,6 +50,7 @@ __all__ = [
     "Stats",
     "Status",
     "WsyncError",
+    "status_widget",
 ]
 
 # A library adds no handlers of its own: the application decides what is shown.

@@ -1,6 +1,6 @@
 """The ``wsync`` command line: parses arguments and wires commands to the library.
 
-``demo`` (in ``_demo.py``), ``serve``, ``send`` and ``chat``. Wiring only: no protocol or
+``serve`` and ``send`` here; ``demo`` and ``chat`` in ``_demo.py``. Wiring only: no protocol or
 connection logic lives here. Everything is written through a ``Console`` (a stream, a lock,
 colour only on a terminal), so ``main(argv)`` runs in-process in tests and the demo can write
 to a ``StringIO``. The test server (``wsync.testing``, extra ``wsync[server]``) is imported
@@ -32,7 +32,7 @@ from wsync._errors import (
     WsyncError,
 )
 from wsync._transport import TLSError, UpgradeRejected, is_loopback_host, validate_url
-from wsync._values import ConnectionState, Status, validate_client_id
+from wsync._values import validate_client_id
 
 if TYPE_CHECKING:
     from wsync.testing import ProtocolServer
@@ -87,13 +87,7 @@ _STYLES: Final = {
     "bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33",
     "blue": "34", "magenta": "35", "cyan": "36",
 }
-STATUS_STYLE: Final = {
-    Status.CONNECTING: "yellow",
-    Status.PENDING: "yellow",
-    Status.CONFIRMED: "green",
-    Status.DISCONNECTED: "red",
-    Status.CLOSED: "dim",
-}
+
 
 
 def wants_colour(stream: TextIO) -> bool:
@@ -124,6 +118,7 @@ class Console:
         except (UnicodeEncodeError, LookupError):
             self.unicode = False
         self._lock = threading.Lock()  # one line at a time: callbacks write too
+        self.broken = False  # the reader went away (`wsync demo | head`): write no more
 
     def style(self, text: str, *styles: str) -> str:
         """``text`` in the given styles (names in ``_STYLES``) when colour is on."""
@@ -139,20 +134,25 @@ class Console:
     def line(self, text: str = "") -> None:
         """Write ``text`` and a newline, and flush (output is live, even into a pipe)."""
         with self._lock:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            if self.broken:
+                return
+            try:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+            except BrokenPipeError:
+                self.broken = True  # not an error of ours; the command carries on quietly
 
+    def detach_if_broken(self) -> None:
+        """After a broken pipe, point the stream's descriptor at /dev/null.
 
-def describe_state(console: Console, state: ConnectionState) -> str:
-    """One readable phrase for a state, e.g. ``disconnected (attempt 2): connection refused``."""
-    status = console.style(state.status.value, STATUS_STYLE[state.status], "bold")
-    if state.attempt and state.status is not Status.CONFIRMED:
-        status += f" (attempt {state.attempt})"
-    if state.status is Status.CONFIRMED and state.conversation_id:
-        status += console.style(f"  conversation {state.conversation_id[:8]}", "dim")
-    if state.error and state.status is Status.DISCONNECTED:
-        status += f": {state.error}"
-    return status
+        So that the interpreter's last flush at exit does not fail with a traceback.
+        """
+        if not self.broken:
+            return
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -595,3 +595,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             err.line(f"wsync {args.command}: interrupted")
             return EXIT_INTERRUPTED
+        finally:
+            out.detach_if_broken()

@@ -365,6 +365,44 @@ class Client:
         """
         return self._engine.flush(_optional_timeout("timeout", timeout))
 
+    def add_listener(
+        self,
+        *,
+        on_state_change: StateCallback | None = None,
+        on_response: ResponseCallback | None = None,
+    ) -> Callable[[], None]:
+        """Also call these on every state change and every response, after the client's own.
+
+        For code that watches a client it did not create (a notebook widget, metrics).
+        Listeners run like the constructor's callbacks: on the ``wsync-callbacks`` thread, in
+        order, never under a lock; one that raises is logged and the others still run. They
+        are called from about now on: read ``state`` for where the client stands. The client
+        holds them (strongly); its threads do not.
+
+        Args:
+            on_state_change: called with the new ``ConnectionState`` on every transition.
+            on_response: called with every ``Response`` received.
+
+        Returns:
+            A function that removes these listeners; calling it again does nothing more.
+
+        Raises:
+            TypeError: a listener is not callable.
+        """
+        state_fn = _callback("on_state_change", on_state_change)
+        response_fn = _callback("on_response", on_response)
+        engine = self._engine  # not self: the remover must not keep the client alive
+        engine.change_listeners(state_fn, response_fn, add=True)
+        removed = False
+
+        def remove() -> None:
+            nonlocal removed
+            if not removed:
+                removed = True
+                engine.change_listeners(state_fn, response_fn, add=False)
+
+        return remove
+
     # --- display --------------------------------------------------------------------------
 
     def __repr__(self) -> str:

@@ -29,13 +29,11 @@ from wsync._cli import (
     CHAT_HELP,
     DEFAULT_TIMEOUT,
     EXIT_OK,
-    STATUS_STYLE,
     CommandFailed,
     Console,
     checked_url,
     classify,
     client_ssl_context,
-    describe_state,
     import_server,
 )
 from wsync._client import Client
@@ -52,6 +50,27 @@ RESPONSE_DELAY: Final = 0.4  # the server answers late, so some messages are in 
 SEND_INTERVAL: Final = 0.25
 BACKOFF: Final = Backoff(initial=0.2, factor=1.5, max_delay=1.0, max_attempts=None)
 WAIT: Final = 10.0  # bound on connecting and on the final flush: the demo ends in any case
+
+
+STATUS_STYLE: Final = {
+    Status.CONNECTING: "yellow",
+    Status.PENDING: "yellow",
+    Status.CONFIRMED: "green",
+    Status.DISCONNECTED: "red",
+    Status.CLOSED: "dim",
+}
+
+
+def describe_state(console: Console, state: ConnectionState) -> str:
+    """One readable phrase for a state, e.g. ``disconnected (attempt 2): connection refused``."""
+    status = console.style(state.status.value, STATUS_STYLE[state.status], "bold")
+    if state.attempt and state.status is not Status.CONFIRMED:
+        status += f" (attempt {state.attempt})"
+    if state.status is Status.CONFIRMED and state.conversation_id:
+        status += console.style(f"  conversation {state.conversation_id[:8]}", "dim")
+    if state.error and state.status is Status.DISCONNECTED:
+        status += f": {state.error}"
+    return status
 
 
 def _answer(content: str, client_id: str) -> str:
@@ -121,6 +140,7 @@ class _Demo:
             self.client = client
             try:
                 client.connect(timeout=WAIT)
+                client.flush(timeout=WAIT)  # lets the state lines print before the first send
                 sent: list[tuple[str, MessageFuture]] = []
                 crash_after = max(1, messages // 3)
                 for number in range(1, messages + 1):

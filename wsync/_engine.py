@@ -42,6 +42,7 @@ from wsync._machine import (
     Action,
     Control,
     Entry,
+    EntryState,
     Fail,
     Forget,
     Machine,
@@ -132,6 +133,28 @@ class _MalformedLog:
             self._suppressed += 1
 
 
+def _call_each(first: Callable[[Any], Any] | None, more: Sequence[Callable[[Any], Any]],
+               arg: Any) -> None:
+    """Call ``first`` then each of ``more`` with ``arg``; one that raises does not stop the rest."""
+    for fn in (first, *more):
+        if fn is not None:
+            try:
+                fn(arg)
+            except BaseException:  # like the dispatcher: the callbacks thread outlives user code
+                logger.exception("a wsync callback raised; ignored")
+
+
+def _changed(items: tuple[Any, ...], fn: Any, add: bool) -> tuple[Any, ...]:
+    if fn is None:
+        return items
+    if add:
+        return (*items, fn)
+    listed = list(items)
+    if fn in listed:
+        listed.remove(fn)  # the first one equal: a listener added twice is removed once
+    return tuple(listed)
+
+
 class Callbacks:
     """The user's callbacks. The Client holds this; the engine only a weak reference to it.
 
@@ -140,7 +163,10 @@ class Callbacks:
     client can still be collected and closed.
     """
 
-    __slots__ = ("__weakref__", "on_error", "on_response", "on_state_change")
+    __slots__ = (
+        "__weakref__", "on_error", "on_response", "on_state_change",
+        "response_listeners", "state_listeners",
+    )
 
     def __init__(
         self,
@@ -151,6 +177,10 @@ class Callbacks:
         self.on_state_change = on_state_change
         self.on_response = on_response
         self.on_error = on_error
+        # Client.add_listener's, called after the callback above. Replaced whole (under the
+        # engine's lock), never changed in place: the callbacks thread reads them unlocked.
+        self.state_listeners: tuple[StateCallback, ...] = ()
+        self.response_listeners: tuple[ResponseCallback, ...] = ()
 
 
 class Engine:
@@ -281,10 +311,12 @@ class Engine:
                     dispatch.put(self._call_on_state_change, action.state)
             elif kind is Fail:
                 assert isinstance(action, Fail)
-                for entry in action.entries:
-                    error = action.error()
-                    if not entry.future.try_set_exception_fast(error):
-                        dispatch.put(entry.future.set_exception_safe, error)
+                if self._durable and action.final:
+                    # Out of the file first, then the user is told: a process killed in
+                    # between must not send a message its user was told never goes out.
+                    later.append((action, None))
+                else:
+                    self._fail(action)
             elif kind is OnError:
                 if self._has_on_error:
                     assert isinstance(action, OnError)
@@ -306,9 +338,29 @@ class Engine:
             self._state_cv.notify_all()
         return later
 
+    def _fail(self, action: Fail) -> None:
+        """Fail the futures. Caller holds self._lock."""
+        for entry in action.entries:
+            error = action.error()
+            if not entry.future.try_set_exception_fast(error):
+                self._dispatch.put(entry.future.set_exception_safe, error)
+
+    def _discard_now(self, message_ids: Sequence[str]) -> None:
+        """Remove messages from the durable outbox in this thread. Caller does not hold _lock."""
+        try:
+            self._outbox.discard(message_ids)
+        except Exception:
+            logger.exception("could not remove %d messages from the outbox", len(message_ids))
+
     def _carry_out(self, later: list[tuple[Action, Transport | None]]) -> None:
         """Carry out actions that do I/O. Caller does not hold self._lock."""
         for action, transport in later:
+            if type(action) is Fail:
+                assert isinstance(action, Fail)
+                self._discard_now([e.message_id for e in action.entries])
+                with self._lock:
+                    self._fail(action)
+                continue
             if type(action) is Abort:
                 assert isinstance(action, Abort)
                 if transport is not None:
@@ -327,13 +379,36 @@ class Engine:
 
     def _call_on_state_change(self, state: ConnectionState) -> None:
         callbacks = self._callbacks()
-        if callbacks is not None and callbacks.on_state_change is not None:
-            callbacks.on_state_change(state)
+        if callbacks is not None:
+            _call_each(callbacks.on_state_change, callbacks.state_listeners, state)
 
     def _call_on_response(self, response: Response) -> None:
         callbacks = self._callbacks()
-        if callbacks is not None and callbacks.on_response is not None:
-            callbacks.on_response(response)
+        if callbacks is not None:
+            _call_each(callbacks.on_response, callbacks.response_listeners, response)
+
+    def change_listeners(
+        self,
+        on_state_change: StateCallback | None,
+        on_response: ResponseCallback | None,
+        *,
+        add: bool,
+    ) -> None:
+        """Add (or remove) listeners called after the user's callbacks (``Client.add_listener``)."""
+        callbacks = self._callbacks()
+        if callbacks is None:
+            return
+        with self._lock:
+            callbacks.state_listeners = _changed(callbacks.state_listeners, on_state_change, add)
+            callbacks.response_listeners = _changed(
+                callbacks.response_listeners, on_response, add
+            )
+            self._has_on_state_change = (
+                callbacks.on_state_change is not None or bool(callbacks.state_listeners)
+            )
+            self._has_on_response = (
+                callbacks.on_response is not None or bool(callbacks.response_listeners)
+            )
 
     def _call_on_error(self, error: Any) -> None:
         callbacks = self._callbacks()
@@ -358,8 +433,11 @@ class Engine:
     def _cancelled(self, future: MessageFuture) -> None:
         """A MessageFuture was cancelled (in the canceller's thread)."""
         with self._lock:
-            later = self._apply(self._machine.discard(future.message_id, future))
+            actions = self._machine.discard(future.message_id, future)
+            later = self._apply(actions)
         self._carry_out(later)
+        if self._durable and actions:
+            self._discard_now([future.message_id])  # out of the file before cancel() returns
 
     # --- public operations ----------------------------------------------------------------
 
@@ -728,7 +806,9 @@ class Engine:
         skipped: list[Entry] = []
         for entry in entries:
             future = entry.future
-            if future.running():
+            if entry.state is EntryState.DONE:
+                ok = False  # withdrawn, abandoned or failed since it was taken
+            elif future.running():
                 ok = True  # written before, on a lost connection: write it again
             elif future.done():
                 ok = False  # cancelled or timed out meanwhile: never written

@@ -129,10 +129,15 @@ class Resolve:
 
 @attrs.frozen(slots=True)
 class Fail:
-    """Fail every entry's future with a fresh exception from ``error``."""
+    """Fail every entry's future with a fresh exception from ``error``.
+
+    ``final``: the messages will never be sent (they leave a durable outbox first);
+    otherwise (``close()``) they stay in a durable outbox for the next client.
+    """
 
     entries: tuple[Entry, ...]
     error: Callable[[], BaseException]
+    final: bool = True
 
 
 @attrs.frozen(slots=True)
@@ -359,7 +364,7 @@ class Machine:
         self.pending.clear()
         self._to_write.clear()
         self.queued = self.in_flight = 0
-        actions.append(Fail(entries, error))
+        actions.append(Fail(entries, error, final=forget))
         if forget:
             actions.append(Forget(tuple(e.message_id for e in entries)))
 

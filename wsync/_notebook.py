@@ -58,35 +58,6 @@ class _StatusView:
             self.redraw()
 
 
-def _listen(client: Client, view: _StatusView) -> None:
-    """Have ``client`` call ``view`` on state changes and responses, besides its own callbacks."""
-    add_listener = getattr(client, "add_listener", None)
-    if add_listener is not None:
-        add_listener(on_state_change=view.on_state_change, on_response=view.on_response)
-        return
-    # Until Client.add_listener exists: chain the engine's callbacks (the same thread, the
-    # same order). The engine reads these attributes afresh for every event.
-    engine: Any = client._engine
-    own_state, own_response = engine._on_state_change, engine._on_response
-
-    def on_state_change(state: ConnectionState) -> None:
-        try:
-            if own_state is not None:
-                own_state(state)
-        finally:
-            view.on_state_change(state)
-
-    def on_response(response: Response) -> None:
-        try:
-            if own_response is not None:
-                own_response(response)
-        finally:
-            view.on_response(response)
-
-    engine._on_state_change = on_state_change
-    engine._on_response = on_response
-
-
 def status_widget(client: Client) -> Any:
     """Return an ``ipywidgets.HTML`` that shows ``client``'s state and counters, live.
 
@@ -111,6 +82,6 @@ def status_widget(client: Client) -> Any:
             "the status widget needs ipywidgets: pip install 'wsync[notebook]'"
         ) from exc
     view = _StatusView(client, ipywidgets.HTML(value=client._repr_html_()))
-    _listen(client, view)
-    view.redraw()  # a transition between the first draw and _listen() is not missed
+    client.add_listener(on_state_change=view.on_state_change, on_response=view.on_response)
+    view.redraw()  # a transition between the first draw and add_listener() is not missed
     return view.view

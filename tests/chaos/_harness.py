@@ -32,6 +32,7 @@ What is checked, and how precisely (the same text is in RELIABILITY.md):
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -59,13 +60,18 @@ SOAK_ENV: Final = "WSYNC_SOAK_SECONDS"
 
 
 def chaos_seeds() -> list[int]:
-    """The seeds to run: ``WSYNC_CHAOS_SEED`` (one or more, comma-separated), else CI's."""
+    """The seeds to run: ``WSYNC_CHAOS_SEED`` (one or more, comma-separated), else CI's.
+
+    A soak (``WSYNC_SOAK_SECONDS``) without ``WSYNC_CHAOS_SEED`` runs one seed only.
+    """
     text = os.environ.get(SEED_ENV, "").strip()
     if text:
         return [int(part) for part in text.replace(",", " ").split()]
     seeds = list(CI_SEEDS)
     if os.environ.get(RANDOM_ENV) == "1":
         seeds.append(random.SystemRandom().randrange(1, 2**31))
+    if soak_seconds() is not None:
+        return seeds[-1:]  # a soak runs one seed (the random one, if asked for)
     return seeds
 
 
@@ -75,7 +81,7 @@ def soak_seconds() -> float | None:
     return float(text) if text else None
 
 
-def test_timeout(ci_seconds: float) -> float:
+def chaos_timeout(ci_seconds: float) -> float:
     """A pytest-timeout bound: ``ci_seconds``, or the soak time plus a generous margin."""
     soak = soak_seconds()
     return ci_seconds if soak is None else soak * 1.5 + 300
@@ -523,7 +529,7 @@ def run_sender(
                 future.exception(STUCK)
             except CancelledError:
                 pass
-            except TimeoutError:
+            except concurrent.futures.TimeoutError:
                 ledger.problem(
                     f"sender {thread}: message {record.mid} (seq {record.seq}) unresolved "
                     f"after {STUCK:g} s"
@@ -634,10 +640,13 @@ def check_delivery(
         copies = receipts.get(s.mid, [])
         if s.must_arrive and not copies:
             problems.append(f"message {s.mid} ({s.outcome}) never reached the server")
-        if s.never_arrive and copies:
-            problems.append(f"message {s.mid} was cancelled yet the server received it")
+        upto = s.done_upto if s.done_upto is not None else 1 << 62
+        if s.never_arrive and any(c <= upto for _, c in copies):
+            problems.append(
+                f"message {s.mid} was cancelled yet the server received it on connection(s) "
+                f"{[c for _, c in copies]}"
+            )
         if s.done_conn is not None:
-            upto = s.done_upto if s.done_upto is not None else 1 << 62
             late = [c for _, c in copies if s.done_conn < c <= upto]
             if late:
                 what = "answered" if s.outcome == "response" else f"ended ({s.outcome})"
@@ -660,7 +669,7 @@ def check_delivery(
         firsts = [receipts[s.mid][0][0] if s.mid in receipts else None for s in items]
         bar = -1  # first arrival of the latest non-failed message so far
         bar_id = ""
-        for s, first in zip(items, firsts):
+        for s, first in zip(items, firsts, strict=True):
             if first is None:
                 continue
             if first < bar:
@@ -672,7 +681,7 @@ def check_delivery(
                 bar, bar_id = max(bar, first), s.mid
         # How often the exemption was needed: a failed message first seen after a later one.
         later_min = 1 << 62
-        for s, first in zip(reversed(items), reversed(firsts)):
+        for s, first in zip(reversed(items), reversed(firsts), strict=True):
             if first is None:
                 continue
             if s.failed and first > later_min:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 
 from tests.chaos import _harness as h
 from tests.helpers import TIMEOUT
-from wsync import Client, Status
-from wsync.testing import ProtocolServer
+from wsync import Client, ConnectionState, Status
+from wsync.testing import ProtocolServer, Received
 
 MESSAGES = 5000
 SENDERS = 4
@@ -35,7 +36,7 @@ def _ctx(seed: int) -> h.Ctx:
 
 
 class TestChaos:
-    @pytest.mark.timeout(h.test_timeout(120))
+    @pytest.mark.timeout(h.chaos_timeout(120))
     @pytest.mark.parametrize("seed", h.chaos_seeds(), ids=lambda s: f"seed={s}")
     def test_every_future_ends_and_delivery_holds_under_random_faults(
         self, server: ProtocolServer, seed: int
@@ -62,10 +63,19 @@ def run_chaos(server: ProtocolServer, seed: int) -> h.Figures:
         named_lock=named_lock,
     )
     errors_seen: list[object] = []
+    status = threading.Condition()
+    latest: list[Status] = []
+
+    def on_state_change(state: ConnectionState) -> None:
+        with status:
+            latest[:] = [state.status]
+            status.notify_all()
+
     client = Client(
         server.url,
         client_id=f"chaos-{seed}",
         on_error=errors_seen.append,
+        on_state_change=on_state_change,
         **h.CLIENT_OPTIONS,
     )
     stop_senders = threading.Event()
@@ -102,6 +112,8 @@ def run_chaos(server: ProtocolServer, seed: int) -> h.Figures:
         injector.clear()
         flushed = client.flush(timeout=FLUSH_TIMEOUT)
         unsettled_at_flush = ledger.unsettled()
+        with status:
+            back = status.wait_for(lambda: latest == [Status.CONFIRMED], 2 * TIMEOUT)
         stats = client.stats()
         state = client.state
     finally:
@@ -132,8 +144,8 @@ def run_chaos(server: ProtocolServer, seed: int) -> h.Figures:
             f"flush() returned True with {len(unsettled_at_flush)} futures unresolved, "
             f"e.g. {unsettled_at_flush[0]}"
         )
-    if state.status is not Status.CONFIRMED and flushed:
-        problems.append(f"client not CONFIRMED after the storm: {state}")
+    if not back:
+        problems.append(f"client not back to CONFIRMED once the faults stopped: {state}")
     records = list(ledger.records.values())
     figures.messages = len(records)
     left = ledger.unsettled()
@@ -153,8 +165,9 @@ def run_chaos(server: ProtocolServer, seed: int) -> h.Figures:
         if r.outcome == "ServerError":
             figures.server_errors_named += 1
             if r.mid not in named:
-                problems.append(f"message {r.mid} failed with a ServerError nobody named: "
-                                f"{r.detail}")
+                problems.append(
+                    f"message {r.mid} failed with a ServerError nobody named: {r.detail}"
+                )
         if r.outcome == "cancelled" and not r.cancel_ok:
             problems.append(f"message {r.mid} was cancelled though cancel() never said so")
         failed = r.outcome in h.FAILED
@@ -194,3 +207,78 @@ def _rss_curve(resources: h.Resources) -> str:
     step = max(1, len(samples) // 8)
     picked = samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
     return "/".join(f"{rss / 2**20:.0f}@{t:.0f}s" for t, rss in picked)
+
+
+def _rx(mid: str, connection: int, content: str = "c") -> Received:
+    return Received(
+        client_id="chaos",
+        message_id=mid,
+        content=content,
+        conversation_id=f"conv-{connection}",
+        timestamp=datetime.now(timezone.utc),
+        connection=connection,
+    )
+
+
+def _sent(mid: str, seq: int, outcome: str | None = "response", **kw: object) -> h.Sent:
+    fields: dict[str, object] = {
+        "mid": mid,
+        "stream": (0,),
+        "seq": seq,
+        "outcome": outcome,
+        "failed": outcome in h.FAILED,
+        "must_arrive": outcome == "response",
+        "never_arrive": outcome == "cancelled",
+        "done_conn": None,
+        "content": "c",
+    }
+    fields.update(kw)
+    return h.Sent(**fields)  # type: ignore[arg-type]
+
+
+def _problems(sent: list[h.Sent], received: list[Received]) -> list[str]:
+    problems: list[str] = []
+    h.check_delivery(sent, received, h.Figures(seed=0), problems)
+    return problems
+
+
+class TestChecks:
+    """The checks themselves: each violation the chaos run looks for is caught."""
+
+    def test_clean_history_passes(self) -> None:
+        """In-order first arrivals, a duplicate on a later connection: no problem."""
+        sent = [_sent("a", 0, done_conn=2), _sent("b", 1, done_conn=2)]
+        assert _problems(sent, [_rx("a", 1), _rx("a", 2), _rx("b", 2)]) == []
+
+    def test_answered_message_never_received_is_caught(self) -> None:
+        """A Response for a message the server never got is a problem."""
+        assert _problems([_sent("a", 0)], []) != []
+
+    def test_cancelled_message_received_is_caught(self) -> None:
+        """A message whose cancel() returned True must never arrive."""
+        assert _problems([_sent("a", 0, "cancelled")], [_rx("a", 1)]) != []
+
+    def test_write_after_failure_is_caught(self) -> None:
+        """A failed message arriving on a connection opened after its failure is caught."""
+        sent = [_sent("a", 0, "ResponseTimeout", done_conn=1)]
+        assert _problems(sent, [_rx("a", 1)]) == []
+        assert _problems(sent, [_rx("a", 1), _rx("a", 2)]) != []
+
+    def test_first_arrivals_out_of_order_are_caught(self) -> None:
+        """A later message first arriving before an earlier answered one is caught."""
+        sent = [_sent("a", 0), _sent("b", 1)]
+        assert _problems(sent, [_rx("b", 1), _rx("a", 1)]) != []
+
+    def test_failed_earlier_message_is_exempt_from_order(self) -> None:
+        """A failed message may arrive late (from a half-open connection given up on)."""
+        sent = [_sent("a", 0, "ResponseTimeout"), _sent("b", 1)]
+        assert _problems(sent, [_rx("b", 2), _rx("a", 1)]) == []
+
+    def test_duplicate_on_one_connection_is_caught(self) -> None:
+        """Two copies on one connection would be a double write."""
+        assert _problems([_sent("a", 0)], [_rx("a", 1), _rx("a", 1)]) != []
+
+    def test_unknown_or_altered_message_is_caught(self) -> None:
+        """A message nobody sent, or with other content, is caught."""
+        assert _problems([], [_rx("x", 1)]) != []
+        assert _problems([_sent("a", 0)], [_rx("a", 1, content="other")]) != []

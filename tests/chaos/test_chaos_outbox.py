@@ -30,7 +30,7 @@ import pytest
 
 from tests.chaos import _harness as h
 from tests.helpers import TIMEOUT
-from wsync import SQLiteOutbox
+from wsync import Client, SQLiteOutbox
 from wsync.testing import ProtocolServer, Received
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
@@ -184,7 +184,7 @@ class RunLog:
 
 
 class TestChaosOutbox:
-    @pytest.mark.timeout(h.test_timeout(150))
+    @pytest.mark.timeout(h.chaos_timeout(150))
     @pytest.mark.parametrize("seed", h.chaos_seeds(), ids=lambda s: f"seed={s}")
     def test_sigkilled_processes_lose_nothing_under_random_faults(
         self, server: ProtocolServer, tmp_path: Path, seed: int
@@ -238,6 +238,11 @@ def run_outbox_chaos(server: ProtocolServer, path: Path, seed: int) -> h.Figures
     injector.clear()
     figures.seconds = time.monotonic() - started
     figures.faults = injector.counts
+    import resource  # Unix only, like SIGKILL
+
+    figures.extra["child_max_rss_mb"] = round(
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    )
     figures.extra["runs"] = len(logs)
     figures.extra["killed"] = len(logs) - 1
     problems += injector.problems
@@ -253,13 +258,27 @@ def run_outbox_chaos(server: ProtocolServer, path: Path, seed: int) -> h.Figures
 
 
 def _one_child(
-    log: RunLog, path: Path, seed: int, last: bool, rng: random.Random, env: dict[str, str],
+    log: RunLog,
+    path: Path,
+    seed: int,
+    last: bool,
+    rng: random.Random,
+    env: dict[str, str],
     url: str,
 ) -> str | None:
     """Run one child to its kill (or, if ``last``, to its end). Returns an error or None."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, url, str(path), str(seed), str(log.run),
-         str(PER_THREAD), str(CHILD_THREADS)],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            url,
+            str(path),
+            str(seed),
+            str(log.run),
+            str(PER_THREAD),
+            str(CHILD_THREADS),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -282,12 +301,13 @@ def _one_child(
     ]
     for reader in readers:
         reader.start()
+    progressed, kill_at = True, 0
     try:
         if last:
             code = child.wait(90)
         else:
             kill_at = rng.randint(1, CHILD_THREADS * PER_THREAD)
-            log.wait_sends(kill_at, 60)
+            progressed = log.wait_sends(kill_at, 60)
             child.send_signal(signal.SIGKILL)
             code = child.wait(TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -299,6 +319,8 @@ def _one_child(
         h.join_all(readers, TIMEOUT)
     if last and code != 0:
         return f"child exited with {code}: {''.join(err_lines)[-2000:]}"
+    if not last and not progressed:
+        return f"child sent only {log.sends} messages in 60 s (kill planned after {kill_at})"
     if not last and code not in (-signal.SIGKILL, 0):
         return f"child exited with {code} before its kill: {''.join(err_lines)[-2000:]}"
     return None
@@ -401,3 +423,84 @@ def check_runs(
     figures.extra["failed_resent_after_kill"] = sum(
         1 for s in sent if s.failed and s.outcome != "ClientClosed" and after_its_run(s.mid)
     )
+
+
+WITHDRAW_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, threading, wsync
+
+    url, path, mode = sys.argv[1:4]
+    held = threading.Event()
+
+    def on_state_change(state):
+        # A slow user callback: it holds up the callbacks thread, where the engine
+        # removes finished messages from the outbox file. Never released: SIGKILL comes first.
+        if state.status is wsync.Status.CONFIRMED:
+            held.wait()
+
+    c = wsync.Client(url, client_id="withdrawn",
+                     outbox=wsync.SQLiteOutbox(path, synchronous="NORMAL"),
+                     backoff=wsync.Backoff(initial=0.01, max_attempts=None),
+                     on_state_change=on_state_change)
+    if mode == "cancel":
+        f = c.send("withdrawn")  # not connected yet: queued
+        print(f.message_id, flush=True)
+        if f.cancel():           # "it is then never sent"
+            os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        c.connect(timeout=10)
+        if mode == "response_timeout":
+            try:
+                c.send_and_wait("withdrawn", timeout=0.2, message_id="m-timeout")
+            except wsync.ResponseTimeout:  # "never written again"
+                print("m-timeout", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            f = c.send("withdrawn")
+            print(f.message_id, flush=True)
+            if isinstance(f.exception(10), wsync.ServerError):  # "will never be sent later"
+                os.kill(os.getpid(), signal.SIGKILL)
+    print("NOT KILLED", flush=True)
+    """
+)
+
+
+class TestDurableWithdrawal:
+    """Regressions: a durable message reported failed or cancelled must not be sent later."""
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("mode", ["cancel", "response_timeout", "server_error"])
+    def test_failed_message_is_not_sent_by_the_next_process(
+        self, server: ProtocolServer, tmp_path: Path, mode: str
+    ) -> None:
+        """Told "failed" or "cancelled", then SIGKILL: the next process does not send it."""
+        path = tmp_path / "withdrawn.sqlite"
+        server.handler = lambda content, client_id: None  # never answer
+        child = subprocess.Popen(
+            [sys.executable, "-c", WITHDRAW_CHILD, server.url, str(path), mode],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            assert child.stdout is not None
+            mid = child.stdout.readline().strip()
+            if mode == "server_error":
+                assert server.wait_for_received(1, TIMEOUT)
+                server.send_error("refused", mid)
+            assert child.wait(TIMEOUT) == -signal.SIGKILL, child.stdout.read()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        before = [r.connection for r in server.received if r.message_id == mid]
+        server.handler = None  # echo
+        with Client(
+            server.url, client_id="withdrawn", outbox=SQLiteOutbox(path), backoff=h.BACKOFF
+        ) as again:
+            assert again.flush(TIMEOUT)
+        after = [r.connection for r in server.received if r.message_id == mid]
+        assert after == before, (
+            f"{mode}: message {mid} was sent again by the next process "
+            f"(connections {before} -> {after})"
+        )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +33,7 @@ from wsync._transport import (
     redact_url,
     validate_url,
 )
+from wsync._framing import _BufferedSocket
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -212,6 +215,46 @@ def read_until(conn: socket.socket, marker: bytes) -> bytes:
         assert chunk, "peer closed before sending the marker"
         data += chunk
     return data
+
+
+@contextlib.contextmanager
+def socket_peer() -> Iterator[tuple[Transport, socket.socket]]:
+    """A transport over one end of a socket pair, and the other end: the test plays the server,
+    byte by byte (what websockets never would send), on a socket whose buffers stay put."""
+    ours, theirs = socket.socketpair()
+    transport = Transport(_BufferedSocket(ours, None), max_frame_size=1 << 20, where="pair")
+    with theirs:
+        try:
+            yield transport, theirs
+        finally:
+            transport.abort()
+
+
+def fill_send_buffer(sock: socket.socket) -> None:
+    """Write zero bytes (no frame) until ``sock`` takes not even one more: its peer reads none."""
+    size = 65536
+    while size:
+        try:
+            sock.send(b"\0" * size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            size //= 2
+
+
+def read_until_pong(conn: socket.socket, payload: bytes) -> bytes:
+    """Read from a client until a masked pong frame carrying ``payload`` arrives; return all."""
+    conn.settimeout(TIMEOUT)
+    head = bytes([0x8A, 0x80 | len(payload)])
+    data = b""
+    while True:
+        chunk = conn.recv(65536)
+        assert chunk, "client closed before sending the pong"
+        data += chunk
+        for match in re.finditer(re.escape(head), data):
+            start = match.end()
+            key, masked = data[start : start + 4], data[start + 4 : start + 4 + len(payload)]
+            if len(masked) == len(payload):
+                if bytes(b ^ key[i % 4] for i, b in enumerate(masked)) == payload:
+                    return data
 
 
 def cause_chain(exc: BaseException) -> list[BaseException]:
@@ -402,6 +445,34 @@ class TestOpen:
         assert isinstance(outcome.get("error"), ConnectError)
         assert not isinstance(outcome["error"], TLSError)
 
+    def test_cancel_just_before_the_tcp_connect_is_seen(
+        self, full_listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A cancel() landing after every check but before the kernel's connect still ends open()."""
+        target = full_listener.getsockname()
+        connector = Connector(f"ws://127.0.0.1:{target[1]}/")
+
+        def cancel_first(real: Callable[[socket.socket, Any], Any]) -> Callable[..., Any]:
+            def connect(sock: socket.socket, address: Any) -> Any:
+                if address == target:
+                    # Here the attempt's socket is registered but not connecting yet. Shutting it
+                    # down fails with ENOTCONN and, by POSIX, does nothing (Linux alone marks the
+                    # socket, which a later connect() with a timeout happens to notice): skip it,
+                    # so only the cancelled flag can stop open().
+                    with monkeypatch.context() as patch:
+                        patch.setattr(socket.socket, "shutdown", lambda *args: None)
+                        connector.cancel()
+                return real(sock, address)
+
+            return connect
+
+        monkeypatch.setattr(socket.socket, "connect", cancel_first(socket.socket.connect))
+        monkeypatch.setattr(socket.socket, "connect_ex", cancel_first(socket.socket.connect_ex))
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match="cancelled during tcp connect"):
+            connector.open(TIMEOUT)  # the full accept queue leaves a missed cancel hanging
+        assert time.monotonic() - started < 1.0
+
     def test_cancel_while_idle_fails_only_the_next_open(self, server: EchoServer) -> None:
         """A cancel() with no open() in flight fails the next one at once, and only that one."""
         connector = Connector(server.url())
@@ -561,6 +632,39 @@ class TestTransport:
             transport.send_text("drop-me")
             with pytest.raises(TransportClosed, match="EOF"):
                 transport.recv()
+
+    def test_64_bit_length_with_the_top_bit_set_fails_the_connection(self) -> None:
+        """A 64-bit payload length with its most significant bit set is a protocol error at once."""
+        with socket_peer() as (transport, peer):
+            # The peer keeps its end open: reading past the "payload" would never end.
+            peer.sendall(b"\x82\x7f" + struct.pack("!Q", (1 << 63) | 5) + b"hello")
+            thread, outcome = in_thread(transport.recv)
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "the reader is reading past the payload"
+            error = outcome.get("error")
+            assert isinstance(error, TransportClosed)
+            assert "protocol error" in str(error)
+            assert "most significant bit" in str(error)
+            with pytest.raises(TransportClosed, match="protocol error"):
+                transport.recv()
+
+    def test_ping_with_a_full_send_buffer_leaves_the_reader_free(self) -> None:
+        """A ping that finds the send buffer full does not stall recv(); the next write sends the
+        pong after its own frame."""
+        with socket_peer() as (transport, peer):
+            ours = transport._sock._sock  # the socket pair's end under the transport
+            fill_send_buffer(ours)
+            peer.sendall(b"\x89\x05probe" + b"\x81\x05after")  # a ping, then a text frame
+            thread, outcome = in_thread(transport.recv)
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "the reader blocked writing the pong"
+            assert outcome.get("result") == "after"
+            drain, drained = in_thread(lambda: read_until_pong(peer, b"probe"))
+            transport.send_text("flush")  # blocks until the peer has read enough
+            drain.join(TIMEOUT)
+            assert not drain.is_alive()
+            assert "result" in drained, drained.get("error")
+            assert drained["result"].lstrip(b"\0").startswith(b"\x81\x85")  # "flush" came first
 
     def test_bad_text_is_refused_before_writing(self, server: EchoServer) -> None:
         """Non-str raises TypeError and a lone surrogate ValueError; the connection still works."""

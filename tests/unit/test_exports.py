@@ -11,7 +11,7 @@ import pytest
 
 import wsync
 
-# API.md's public names, plus OutboxError (raised by outboxes).
+# API.md's public names, plus OutboxError (raised by outboxes) and status_widget (Jupyter).
 PUBLIC_NAMES = {
     "Client",
     "MessageFuture",
@@ -31,6 +31,7 @@ PUBLIC_NAMES = {
     "QueueFull",
     "ProtocolError",
     "OutboxError",
+    "status_widget",
 }
 
 
