@@ -654,4 +654,3 @@ def _deliver(opcode: int, data: bytes) -> str | bytes:
     except UnicodeDecodeError:
         # from None: the decode error holds the whole payload.
         raise MalformedFrame(f"text frame of {len(data)} bytes is not valid UTF-8") from None
-
