@@ -6,8 +6,8 @@ frames), and ending the connection (close frame, abort). It holds the read-ahead
 both phases share, :class:`_BufferedSocket`, which :mod:`wsync._transport` also hands to
 websocket-client for the upgrade.
 
-What it must not do: import websocket-client (``wsync._transport`` is the only module that does),
-open, resolve or upgrade connections, wrap TLS or talk to a proxy (all ``wsync._transport``), or
+What it must not do: depend on websocket-client in any way (only ``wsync._transport`` imports
+it); open, resolve or upgrade connections, wrap TLS or talk to a proxy (all ``wsync._transport``);
 know anything of the wsync protocol, the state machine, the outbox or retries. It holds no wsync
 lock, runs no user code and starts no thread.
 
@@ -268,8 +268,8 @@ class _BufferedSocket:
         Returns False, having written nothing, when no room came in time (``timeout=0``: only if
         there is room now). Should the kernel take part of the frame only (rare: POLLOUT means
         room for far more than a control frame), the rest must follow before anything else, so it
-        gets up to ``_PARTIAL_SEND_TIMEOUT`` more; past that, raises ``TimeoutError`` and the
-        stream ends in a partial frame: the caller must write nothing more on it.
+        gets up to ``_PARTIAL_SEND_TIMEOUT`` more; past that, the stream ends in a partial frame:
+        the write side is shut down, so nothing can follow it, and ``TimeoutError`` is raised.
         """
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLOUT)
@@ -286,6 +286,8 @@ class _BufferedSocket:
         deadline = time.monotonic() + _PARTIAL_SEND_TIMEOUT
         while sent < len(data):
             if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(self._sock, socket.SHUT_WR)
                 raise TimeoutError(errno.ETIMEDOUT, "partial frame write timed out")
             with contextlib.suppress(BlockingIOError):
                 sent += self._sock.send(data[sent:], socket.MSG_DONTWAIT)

@@ -586,9 +586,10 @@ class Connector:
 
         The connect is started non-blocking and the cancelled flag is checked only after that:
         a cancel() made before the check is seen by it, and one made after finds the socket
-        already connecting, so its ``shutdown()`` ends the wait below at once. (A blocking
-        ``connect()`` after the check would miss a cancel() landing between the two: shutting
-        down a socket that is not connecting yet does nothing, so it would wait out the timeout.)
+        already connecting, so its ``shutdown()`` ends the wait below at once. (A ``connect()``
+        after the check could miss a cancel() landing between the two: shutting down a socket
+        that is not connecting yet fails with ENOTCONN and, by POSIX, does nothing; only Linux
+        marks the socket, which a later connect's wait happens to notice.)
         Leaves ``sock`` connected with the time remaining as its timeout, as ``connect()`` would.
         """
         if deadline - time.monotonic() <= 0:

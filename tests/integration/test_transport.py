@@ -22,6 +22,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.integration._proxy import ConnectProxy
 from wsync._errors import ConnectError
+from wsync._framing import _BufferedSocket
 from wsync._transport import (
     Connector,
     MalformedFrame,
@@ -33,7 +34,6 @@ from wsync._transport import (
     redact_url,
     validate_url,
 )
-from wsync._framing import _BufferedSocket
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -252,9 +252,8 @@ def read_until_pong(conn: socket.socket, payload: bytes) -> bytes:
         for match in re.finditer(re.escape(head), data):
             start = match.end()
             key, masked = data[start : start + 4], data[start + 4 : start + 4 + len(payload)]
-            if len(masked) == len(payload):
-                if bytes(b ^ key[i % 4] for i, b in enumerate(masked)) == payload:
-                    return data
+            if bytes(b ^ key[i % 4] for i, b in enumerate(masked)) == payload:
+                return data
 
 
 def cause_chain(exc: BaseException) -> list[BaseException]:
@@ -448,7 +447,7 @@ class TestOpen:
     def test_cancel_just_before_the_tcp_connect_is_seen(
         self, full_listener: socket.socket, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A cancel() landing after every check but before the kernel's connect still ends open()."""
+        """A cancel() landing after every check but before the kernel's connect ends open()."""
         target = full_listener.getsockname()
         connector = Connector(f"ws://127.0.0.1:{target[1]}/")
 
@@ -665,6 +664,28 @@ class TestTransport:
             assert not drain.is_alive()
             assert "result" in drained, drained.get("error")
             assert drained["result"].lstrip(b"\0").startswith(b"\x81\x85")  # "flush" came first
+
+    def test_frame_taken_in_part_is_finished_before_anything_else(self) -> None:
+        """A control frame the kernel takes only in part is written whole by send_bounded."""
+
+        class Trickle:
+            """A socket whose send() takes one byte at a time, as a nearly full kernel might."""
+
+            def __init__(self, sock: socket.socket) -> None:
+                self._sock = sock
+
+            def fileno(self) -> int:
+                return self._sock.fileno()
+
+            def send(self, data: bytes, flags: int = 0) -> int:
+                return self._sock.send(data[:1], flags)
+
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            buffered = _BufferedSocket(Trickle(ours), None)  # type: ignore[arg-type]
+            assert buffered.send_bounded(b"\x8a\x80pong", 0.0)
+            theirs.settimeout(TIMEOUT)
+            assert read_until(theirs, b"pong") == b"\x8a\x80pong"
 
     def test_bad_text_is_refused_before_writing(self, server: EchoServer) -> None:
         """Non-str raises TypeError and a lone surrogate ValueError; the connection still works."""
