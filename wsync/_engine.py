@@ -500,7 +500,7 @@ class Engine:
         mid = str(uuid.uuid4()) if message_id is None else message_id
         entry = self._new_entry(mid, content)
         if self._durable:
-            return self._send_durable(entry)
+            return self._send_durable(entry, content)
         with self._lock:
             self._check_can_send(mid)
             self._machine.send(entry)
@@ -509,7 +509,7 @@ class Engine:
                 self._writer_cv.notify()
         return entry.future
 
-    def _send_durable(self, entry: Entry) -> MessageFuture:
+    def _send_durable(self, entry: Entry, content: str) -> MessageFuture:
         """Journal the message before it is queued; concurrent senders share commits."""
         mid = entry.message_id
         with self._lock:
@@ -524,7 +524,7 @@ class Engine:
                 pass  # a batch being forgotten right now may hold this id: let it finish
             # On disk before send() returns, and before the writer can see it. Sends that
             # overlap in time have no order between them; each thread's order is kept.
-            self._outbox.add(mid, entry.content)
+            self._outbox.add(mid, content)
         except BaseException:
             with self._lock:
                 self._reserved.discard(mid)

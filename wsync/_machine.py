@@ -80,11 +80,11 @@ class EntryState(enum.IntEnum):
 class Entry:
     """One message the client is responsible for until it is answered or failed."""
 
-    __slots__ = ("content", "future", "message_id", "state", "text")
+    # The content itself is not kept: `text` holds it, and memory per queued message counts.
+    __slots__ = ("future", "message_id", "state", "text")
 
     def __init__(self, message_id: str, content: str, text: str, future: MessageFuture) -> None:
         self.message_id = message_id
-        self.content = content
         self.text = text  # the encoded `message` frame, written as-is (resends too)
         self.future = future
         self.state = EntryState.QUEUED

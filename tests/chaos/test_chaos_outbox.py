@@ -40,11 +40,6 @@ RUNS = 6  # child processes: all but the last are killed
 PER_THREAD = 400  # messages each child thread sends (if it lives that long)
 CHILD_THREADS = 2
 CLIENT_ID = "chaos-durable"
-# BUG (see TestDurableWithdrawal): a future that failed or was cancelled is reported before
-# its message leaves the file, so a SIGKILL in between makes the next process send it. While
-# that stands, the chaos run counts such resends (failed_resent_after_kill) instead of
-# failing; WSYNC_CHAOS_STRICT=1 turns them into failures. Set to False once fixed.
-TOLERATE_FAILED_RESENT_AFTER_KILL = os.environ.get("WSYNC_CHAOS_STRICT") != "1"
 
 CHILD = textwrap.dedent(
     """
@@ -363,10 +358,7 @@ def check_runs(
                     never_arrive=line.outcome == "cancelled",
                     done_conn=line.done_conn,
                     content=f"{line.run}:{line.thread}:{line.seq}",
-                    done_upto=upto
-                    if line.outcome in ("response", "ClientClosed")
-                    or TOLERATE_FAILED_RESENT_AFTER_KILL
-                    else None,
+                    done_upto=upto if line.outcome in ("response", "ClientClosed") else None,
                 )
             )
             figures.outcomes[line.outcome or "unknown"] += 1
@@ -447,6 +439,27 @@ WITHDRAW_CHILD = textwrap.dedent(
         print(f.message_id, flush=True)
         if f.cancel():           # "it is then never sent"
             os.kill(os.getpid(), signal.SIGKILL)
+    elif mode == "cancel_taken":
+        # The writer has taken the message (it is no longer queued) and is about to mark it
+        # running: a cancel() from any thread can land right here. This hook makes it land.
+        original = wsync.MessageFuture.set_running_or_notify_cancel
+        told = []
+
+        def cancelled_while_taken(future):
+            if future.cancel():  # True: "it is then never sent"
+                told.append(future.message_id)
+            return original(future)
+
+        wsync.MessageFuture.set_running_or_notify_cancel = cancelled_while_taken
+        c.connect(timeout=10)
+        f = c.send("withdrawn")
+        print(f.message_id, flush=True)
+        try:
+            f.result(10)
+        except BaseException:
+            pass
+        if told == [f.message_id]:
+            os.kill(os.getpid(), signal.SIGKILL)
     else:
         c.connect(timeout=10)
         if mode == "response_timeout":
@@ -466,10 +479,35 @@ WITHDRAW_CHILD = textwrap.dedent(
 
 
 class TestDurableWithdrawal:
-    """Regressions: a durable message reported failed or cancelled must not be sent later."""
+    """Regressions: a durable message reported failed or cancelled must not be sent later.
+
+    Found by the chaos outbox run, seed 27 (``WSYNC_CHAOS_SEED=27``): a message whose
+    ``cancel()`` had returned True was received on a connection of the next process, because
+    the discard from the file waited on the callbacks thread while the user had already been
+    told. The seed hits it only when SIGKILL lands in that window; these tests hold the
+    callbacks thread with a slow user callback, which makes the window certain.
+    """
 
     @pytest.mark.timeout(60)
-    @pytest.mark.parametrize("mode", ["cancel", "response_timeout", "server_error"])
+    @pytest.mark.parametrize(
+        "mode",
+        [
+            "cancel",
+            "response_timeout",
+            "server_error",
+            pytest.param(
+                "cancel_taken",
+                marks=pytest.mark.xfail(
+                    strict=True,
+                    reason="BUG: cancel() that lands while the writer holds the message "
+                    "(TAKEN: taken from the queue, not yet marked running) returns True, but "
+                    "Machine.discard() leaves TAKEN entries to the writer, whose Forget waits "
+                    "on the callbacks thread: the row stays in the file and, after SIGKILL, "
+                    "the next process sends it. Example: this test's cancel_taken child.",
+                ),
+            ),
+        ],
+    )
     def test_failed_message_is_not_sent_by_the_next_process(
         self, server: ProtocolServer, tmp_path: Path, mode: str
     ) -> None:
