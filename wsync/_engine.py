@@ -237,6 +237,9 @@ class Engine:
         self._readers: list[threading.Thread] = []
         self._writer: threading.Thread | None = None
         self._timer: threading.Thread | None = None
+        # Who writes on the socket right now: None, "writer" (a batch) or "inline" (a send()
+        # on the fast path). One at a time, so frames leave in the order they were taken.
+        self._write_owner: str | None = None
         self._closing = False
         self._closing_transports: list[Transport] = []  # get a close frame from the writer
         self._closed_event = threading.Event()
@@ -503,11 +506,60 @@ class Engine:
             return self._send_durable(entry, content)
         with self._lock:
             self._check_can_send(mid)
-            self._machine.send(entry)
-            if self._machine.wake_writer:
-                self._machine.wake_writer = False
-                self._writer_cv.notify()
+            if self._write_owner is None:
+                inline = self._machine.send_inline(entry, self._clock())
+            else:
+                self._machine.send(entry)
+                inline = False
+            if inline:
+                self._write_owner = "inline"
+                generation = self._machine.generation
+                transport = self._transports.get(generation)
+            else:
+                if self._machine.wake_writer:
+                    self._machine.wake_writer = False
+                    self._writer_cv.notify()
+                return entry.future
+        self._write_inline(generation, transport, entry)
         return entry.future
+
+    def _write_inline(self, generation: int, transport: Transport | None, entry: Entry) -> None:
+        """The fast path: write a message from send()'s own thread, no thread hop.
+
+        Nobody else has the future yet, so nothing can cancel it between the state change to
+        RUNNING and the write; if the write cannot happen at once, it goes back to PENDING and
+        the writer thread writes the message first thing.
+        """
+        future = entry.future
+        future.set_running_or_notify_cancel()
+        error: TransportClosed | None = None
+        written = False
+        try:
+            if transport is not None:
+                written = transport.try_send_text(entry.text)
+        except TransportClosed as exc:
+            error = exc
+        except BaseException:
+            # A bug below: the writer takes the message over; the fast path must not wedge.
+            logger.exception("internal error on the send fast path")
+        with self._lock:
+            self._write_owner = None
+            machine = self._machine
+            if written:
+                later = self._apply(machine.writes_done(generation, (entry,)))
+            else:
+                future.unset_running()
+                machine.inline_failed(generation, entry)
+                later = self._apply([])
+                if error is not None:
+                    lost = ConnectError(f"connection lost while writing: {error}")
+                    lost.__cause__ = error
+                    now = self._clock()
+                    later += self._apply(machine.on_connection_lost(generation, lost, now))
+            if machine.has_writes():
+                self._writer_cv.notify()
+        if later:
+            self._carry_out(later)
 
     def _send_durable(self, entry: Entry, content: str) -> MessageFuture:
         """Journal the message before it is queued; concurrent senders share commits."""
@@ -774,7 +826,7 @@ class Engine:
                     if self._closing:
                         transports = list(self._closing_transports)
                         break
-                    if machine.has_writes():
+                    if machine.has_writes() and self._write_owner is None:
                         now = self._clock()
                         if not machine.controls:
                             next_at = machine.next_write_at(now)
@@ -784,6 +836,7 @@ class Engine:
                         generation = machine.generation
                         controls, entries = machine.take_writes(generation, now)
                         transport = self._transports.get(generation)
+                        self._write_owner = "writer"
                         break
                     self._writer_cv.wait()
             if self._closing:
@@ -829,6 +882,7 @@ class Engine:
             except TransportClosed as exc:
                 error = exc
         with self._lock:
+            self._write_owner = None
             # After a failed write nothing counts as written: the loss below queues it all again.
             done = written if error is None else []
             later = self._apply(self._machine.writes_done(generation, done, skipped))
@@ -896,6 +950,8 @@ class Engine:
         if self._closing:
             return
         with self._lock:
+            if role == "writer":
+                self._write_owner = None  # whatever it was writing is lost with the connection
             if generation is None:
                 # The writer and timer loops restart after this: never a hot loop of errors.
                 cv = self._timer_cv if role == "timer" else self._writer_cv

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Bytes asked of the kernel per read: one recv() serves every frame already in the socket buffer.
 _READ_AHEAD: Final = 64 * 1024
+#: Largest frame try_send_text() writes itself; bigger ones go to the writer thread.
+_INLINE_LIMIT: Final = 16 * 1024
 #: How long send_close() may wait for the send lock and for room in the socket's send buffer.
 _CLOSE_SEND_TIMEOUT: Final = 0.25
 #: How long the rest of a frame the kernel took only part of may wait for room (send_bounded).
@@ -385,6 +387,35 @@ class Transport:
             TransportClosed: the connection ended or the write failed.
         """
         self._write(_encode_frame(_OP_TEXT, _utf8(text)))
+
+    def try_send_text(self, text: str) -> bool:
+        """Write one text frame now if that cannot block; False if nothing was written.
+
+        The fast path of ``Client.send()``, which must never block on the network: it writes
+        only when no other thread is writing and the socket has room for the frame at once
+        (``send_bounded`` with no wait); otherwise the caller hands the frame to the writer.
+
+        Raises:
+            TypeError, ValueError: as :meth:`send_text`.
+            TransportClosed: the connection ended or the write failed.
+        """
+        data = _encode_frame(_OP_TEXT, _utf8(text))
+        if len(data) > _INLINE_LIMIT or not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed_reason is not None:
+                raise TransportClosed(self._closed_reason)
+            if self._close_sent:
+                raise TransportClosed("close frame already sent")
+            try:
+                written = self._sock.send_bounded(data, 0.0)
+            except Exception as exc:
+                raise self._lost(exc) from exc
+        finally:
+            self._send_lock.release()
+        if self._pongs:
+            self._send_pongs()
+        return written
 
     def send_texts(self, texts: Sequence[str]) -> None:
         """Write several text frames, in order, with one ``sendall``.

@@ -100,6 +100,17 @@ class MessageFuture(Future["Response"]):
             self.set_exception(error)
             return True
 
+    def unset_running(self) -> None:
+        """Undo ``set_running_or_notify_cancel()`` of a message that was not written after all.
+
+        Only the engine's fast path calls it, before ``send()`` has returned the future, so
+        nobody can have observed the RUNNING state; a response cannot have come either.
+        """
+        cond: Any = self._condition
+        with cond:
+            if self._state == "RUNNING":
+                self._state = "PENDING"
+
     def set_result_safe(self, result: Response) -> None:
         """Set the result unless the future is already done (cancelled or failed)."""
         with contextlib.suppress(Exception):  # InvalidStateError: cancelled or failed meanwhile

@@ -429,6 +429,39 @@ class Machine:
             self._to_write.append(entry)
             self.wake_writer = True
 
+    def send_inline(self, entry: Entry, now: float) -> bool:
+        """``send()`` on the fast path: True if the caller may write ``entry`` itself, now.
+
+        Only when nothing could be written before it: CONFIRMED, no message or control frame
+        waiting, and (with a rate limit) a token at hand; the engine also makes sure no write is
+        in progress. The entry is then TAKEN, exactly as if the writer had taken it; otherwise
+        it is queued as by ``send()``.
+        """
+        if (
+            self.status is Status.CONFIRMED
+            and self._conn_open
+            and not self._to_write
+            and not self.controls
+            and (self._bucket is None or self._bucket.take(1, now) == 1)
+        ):
+            self.pending[entry.message_id] = entry
+            entry.state = EntryState.TAKEN
+            self.in_flight += 1
+            return True
+        self.send(entry)
+        return False
+
+    def inline_failed(self, generation: int, entry: Entry) -> None:
+        """The fast path wrote nothing after all: the writer writes the entry, before the rest."""
+        if entry.state is not EntryState.TAKEN or self.pending.get(entry.message_id) is not entry:
+            return  # answered, withdrawn, or queued again by a loss meanwhile
+        entry.state = EntryState.QUEUED
+        self.in_flight -= 1
+        self.queued += 1
+        if generation == self.generation and self.status is Status.CONFIRMED:
+            self._to_write.appendleft(entry)
+            self.wake_writer = True
+
     def withdraw(self, message_id: str) -> Entry | None:
         """Remove a message that is still queued (cancel, timeout). None if it was written."""
         entry = self.pending.get(message_id)
