@@ -33,7 +33,10 @@ Variants:
   ``--extra-path DIR``).
 - ``inline-write``: ``send()`` writes the frame itself (non-blocking ``send``, the rest left to
   the writer) when nothing else is in flight or being written: no thread hop on the way out.
-- ``all``: every variant above but ``orjson``.
+- ``inline-idle-only``: for an engine that has its own send fast path (``send_inline``): take
+  it only when nothing is in flight, so that pipelined sends are batched by the writer.
+- ``all``: every variant above but ``orjson`` (``inline-write`` and ``inline-idle-only`` apply
+  to whichever engine they fit).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ VARIANTS = (
     "stamp-cache",
     "lazy-condition",
     "inline-write",
+    "inline-idle-only",
     "all",
 )
 
@@ -372,6 +376,9 @@ def patch_inline_write() -> None:
         framing._utf8,
     )
     Engine = _engine.Engine
+    if hasattr(Engine, "_write_inline"):
+        print("inline-write: the engine has its own send fast path; not patched", file=sys.stderr)
+        return
     original_send = Engine.send
     original_write = Engine._write
     original_writer_loop = Engine._writer_loop
@@ -503,6 +510,24 @@ def patch_inline_write() -> None:
     Engine._writer_loop = _writer_loop
 
 
+def patch_inline_idle_only() -> None:
+    from wsync import _machine
+
+    Machine = _machine.Machine
+    if not hasattr(Machine, "send_inline"):
+        print("inline-idle-only: no send fast path in this engine; not patched", file=sys.stderr)
+        return
+    original = Machine.send_inline
+
+    def send_inline(self: Any, entry: Any, now: float) -> bool:
+        if self.in_flight:  # messages in flight: leave it to the writer, which batches
+            self.send(entry)
+            return False
+        return original(self, entry, now)
+
+    Machine.send_inline = send_inline
+
+
 PATCHES = {
     "futures": patch_futures,
     "lean-actions": patch_lean_actions,
@@ -512,6 +537,7 @@ PATCHES = {
     "lazy-condition": patch_lazy_condition,
     "orjson": patch_orjson,
     "inline-write": patch_inline_write,
+    "inline-idle-only": patch_inline_idle_only,
 }
 
 
@@ -639,6 +665,11 @@ def main() -> int:
     parser.add_argument(
         "--micro", action="store_true", help="per-stage CPU, one thread, no sockets, instead"
     )
+    parser.add_argument(
+        "--commits",
+        help="compare commits instead of patches: comma-separated git revisions (read with "
+        "`git archive`, nothing in the checkout changes); the first is the baseline",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -652,6 +683,8 @@ def main() -> int:
         return 0
     if args.micro:
         return run_micro(args)
+    if args.commits:
+        return run_commits(args)
     if "WSYNC_BENCH_PATH" not in os.environ:
         # Every child measures one copy of wsync/, taken now: the working tree may change
         # while the variants run, and baseline and variant must run the same code.
@@ -730,6 +763,82 @@ def main() -> int:
             f"| {m['seq_cpu_us']:.1f} µs | {paired(v, 'seq_cpu_us')} |"
         )
     return 1 if failed else 0
+
+
+def run_commits(args: argparse.Namespace) -> int:
+    """Each revision's wsync/ extracted to a directory; children alternate between them."""
+    import shutil
+    import tempfile
+
+    revisions = args.commits.split(",")
+    root = tempfile.mkdtemp(prefix="wsync-commits-")
+    trees = {}
+    try:
+        for rev in revisions:
+            tree = Path(root) / rev.replace("/", "_").replace("~", "-")
+            tree.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(bench.ROOT), "archive", "--format=tar", rev, "wsync"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            trees[rev] = str(tree)
+        server = bench.Server()
+        results: dict[str, list[dict[str, Any]]] = {rev: [] for rev in revisions}
+        try:
+            for rep in range(args.reps):
+                for rev in revisions[rep % len(revisions) :] + revisions[: rep % len(revisions)]:
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        "baseline",
+                        "--url",
+                        server.url,
+                        "--n",
+                        str(args.n),
+                        "--seq-n",
+                        str(args.seq_n),
+                    ]
+                    env = dict(os.environ, WSYNC_BENCH_PATH=trees[rev])
+                    proc = subprocess.run(
+                        command, capture_output=True, text=True, timeout=600, env=env
+                    )
+                    if proc.returncode:
+                        print(f"{rev}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                        return 1
+                    r = json.loads(proc.stdout.strip().splitlines()[-1])
+                    results[rev].append(r)
+                    print(
+                        f"rep {rep + 1} {rev:12s} {r['rate']:8,.0f} msg/s {r['cpu_us']:6.1f} µs "
+                        f"CPU/msg | seq p50 {r['p50'] * 1e6:6.0f} µs, CPU "
+                        f"{r['seq_cpu_us']:6.1f} µs",
+                        flush=True,
+                    )
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    base = results[revisions[0]]
+    print(
+        f"\nload average {os.getloadavg()[0]:.2f}; medians of {args.reps} runs; ratios: median "
+        f"of the per-repetition ratios to {revisions[0]}\n"
+    )
+    print("| revision | pipelined msg/s | ratio | CPU/msg | seq p50 | ratio | seq CPU/msg |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for rev, rs in results.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+
+        def ratio(key: str, rs: list[dict[str, Any]] = rs) -> str:
+            pairs = [x[key] / b[key] for x, b in zip(rs, base, strict=True)]
+            return f"{statistics.median(pairs):.2f}x"
+
+        print(
+            f"| {rev} | {med['rate']:,.0f} | {ratio('rate')} | {med['cpu_us']:.1f} µs "
+            f"| {med['p50'] * 1e6:.0f} µs | {ratio('p50')} | {med['seq_cpu_us']:.1f} µs |"
+        )
+    return 0
 
 
 def run_micro(args: argparse.Namespace) -> int:

@@ -138,10 +138,11 @@ class _BufferedSocket:
     come from any thread.
     """
 
-    __slots__ = ("_buf", "_deadline", "_pos", "_sock")
+    __slots__ = ("_buf", "_deadline", "_poller", "_pos", "_sock")
 
     def __init__(self, sock: socket.socket, deadline: float | None) -> None:
         self._sock = sock
+        self._poller: select.poll | None = None
         self._buf = b""
         self._pos = 0
         self._deadline = deadline
@@ -273,8 +274,10 @@ class _BufferedSocket:
         gets up to ``_PARTIAL_SEND_TIMEOUT`` more; past that, the stream ends in a partial frame:
         the write side is shut down, so nothing can follow it, and ``TimeoutError`` is raised.
         """
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLOUT)
+        poller = self._poller
+        if poller is None:  # made once: every caller holds the Transport's send lock
+            poller = self._poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLOUT)
         if not poller.poll(timeout * 1000):
             return False
         if isinstance(self._sock, ssl.SSLSocket):

@@ -684,6 +684,28 @@ class Machine:
         )
         actions.append(Forget((entry.message_id,)))
 
+    def is_current(self, generation: int) -> bool:
+        """Whether events of the connection of ``generation`` still count."""
+        return generation == self.generation and self._conn_open
+
+    def answer(self, generation: int, frame: protocol.Response) -> Entry | None:
+        """A response on the connection of ``generation``: the answered entry, or None.
+
+        What ``on_frame`` does for a response, minus the actions (the engine's hot path carries
+        them out itself): None for an unknown id or a duplicate. The caller checked
+        ``is_current(generation)``.
+        """
+        self.received += 1
+        entry = self.pending.pop(frame.message_id, None)
+        if entry is None:
+            return None
+        if entry.state is EntryState.QUEUED:
+            self.queued -= 1
+        else:
+            self.in_flight -= 1
+        entry.state = EntryState.DONE
+        return entry
+
     def _on_response(self, frame: protocol.Response, actions: list[Action]) -> None:
         self.received += 1
         actions.append(OnResponse(frame))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final, TypeAlias
@@ -43,9 +44,11 @@ __all__ = [
     "decode",
     "encode",
     "encode_message",
+    "encode_message_now",
     "format_timestamp",
     "make_converter",
     "now",
+    "now_text",
     "parse_timestamp",
 ]
 
@@ -352,6 +355,33 @@ def encode(frame: Frame) -> str:
         raise TypeError(f"expected a frame, got {type(frame).__name__}")
     fields = CONVERTER.unstructure(frame, unstructure_as=Frame)
     return json.dumps({"type": tag, **fields}, separators=(",", ":"))
+
+
+_now_cache: tuple[int, str] = (-1, "")
+
+
+def now_text() -> str:
+    """The current UTC time as ``format_timestamp(now())`` writes it, cached per millisecond.
+
+    The hot path of ``send()``: many messages share a millisecond, and formatting a datetime
+    costs more than the rest of the frame.
+    """
+    global _now_cache
+    ms = time.time_ns() // 1_000_000
+    cached_ms, text = _now_cache
+    if ms != cached_ms:
+        seconds, millis = divmod(ms, 1000)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+        _now_cache = (ms, text)  # one tuple: a reader on another thread sees old or new, whole
+    return text
+
+
+def encode_message_now(*, client_id: str, message_id: str, content: str) -> str:
+    """``encode_message`` stamped with the current time; ids must already be valid strs."""
+    return (
+        f'{{"type":"message","clientId":{_escape(client_id)},"content":{_escape(content)},'
+        f'"timestamp":"{now_text()}","messageId":{_escape(message_id)}}}'
+    )
 
 
 def encode_message(*, client_id: str, message_id: str, content: str, timestamp: datetime) -> str:

@@ -262,7 +262,7 @@ def rig(server: ProtocolServer) -> Iterator[Rig]:
         server.url,
         client_id="fuzzed",
         on_error=lambda e: holder[0].on_error(e),
-        heartbeat_interval=0.5,
+        heartbeat_interval=5.0,  # the heartbeat is not under test here: never a factor
         backoff=Backoff(initial=0.01, max_delay=0.05, max_attempts=None),
         max_frame_size=LIMIT,
     )
