@@ -35,11 +35,19 @@ class Dispatcher:
         self._cv = threading.Condition(lock)
         self._items: deque[Item] = deque()
         self._stopping = False
+        self._enabled = False
         self._name = name
         self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the thread. Caller holds the lock."""
+    def enable(self) -> None:
+        """Let the thread start with the first item: a client with nothing to call back never
+        pays for it (an idle client's memory is mostly its threads' stacks). Caller holds the
+        lock."""
+        self._enabled = True
+        if self._items:
+            self._start()
+
+    def _start(self) -> None:
         if self.thread is None and not self._stopping:
             self.thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self.thread.start()
@@ -48,10 +56,16 @@ class Dispatcher:
         """Enqueue ``fn(*args)``. Caller holds the lock."""
         self._items.append((fn, args))
         if len(self._items) == 1:
-            self._cv.notify()
+            if self.thread is None:
+                if self._enabled:
+                    self._start()
+            else:
+                self._cv.notify()
 
     def stop(self) -> None:
         """Run what is queued, then end. Caller holds the lock."""
+        if self._enabled and self._items:
+            self._start()  # the items queued last (CLOSED among them) still run on it
         self._stopping = True
         self._cv.notify()
 

@@ -285,7 +285,7 @@ class Engine:
         assert self._lock.locked()
         if self._writer is not None:
             return
-        self._dispatch.start()
+        self._dispatch.enable()
         self._writer = threading.Thread(target=self._writer_main, name="wsync-writer", daemon=True)
         self._timer = threading.Thread(target=self._timer_main, name="wsync-timer", daemon=True)
         self._writer.start()

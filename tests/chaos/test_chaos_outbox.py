@@ -88,8 +88,10 @@ CHILD = textwrap.dedent(
                 future = client.send(content, message_id=mid)
                 say(f"S {t} {seq} {mid}")  # send() returned: the message is in the file
                 future.add_done_callback(functools.partial(done, mid))
-                if rng.random() < 0.03 and future.cancel():
-                    say(f"C {mid}")
+                if rng.random() < 0.03:
+                    say(f"X {mid}")  # about to cancel: a kill may come before C is printed
+                    if future.cancel():
+                        say(f"C {mid}")
             pause.wait(rng.expovariate(1 / 0.004))
 
     workers = [threading.Thread(target=sender, args=(t,)) for t in range(threads)]
@@ -117,6 +119,7 @@ class Line:
     thread: int
     seq: int
     waited: bool  # W (send_and_wait, printed before the call) rather than S
+    cancelling: bool = False  # X: cancel() was about to be called (C follows if it worked)
     outcome: str | None = None  # "response", "cancelled", an exception name; None: unknown
     done_conn: int | None = None  # server.connections_total when the parent read the end
 
@@ -154,6 +157,10 @@ class RunLog:
             if kind == "S":
                 self.sends += 1
                 self.outstanding[mid] = None
+        elif kind == "X":
+            line = self.lines.get(parts[1])
+            if line is not None:
+                line.cancelling = True
         elif kind in ("R", "F", "C"):
             line = self.lines.get(parts[1])
             if line is None or line.outcome is not None:
@@ -354,7 +361,12 @@ def check_runs(
                     outcome=line.outcome,
                     failed=failed,
                     must_arrive=(line.outcome == "response")
-                    or (not line.waited and not failed and line.mid not in named),
+                    or (
+                        not line.waited
+                        and not failed
+                        and not (line.cancelling and line.outcome is None)
+                        and line.mid not in named
+                    ),
                     never_arrive=line.outcome == "cancelled",
                     done_conn=line.done_conn,
                     content=f"{line.run}:{line.thread}:{line.seq}",

@@ -334,3 +334,27 @@ class TestCancelCallbacks:
         assert old.cancel()
         client.connect(timeout=TIMEOUT)
         assert new.result(TIMEOUT).content == "new"
+
+
+class TestThreads:
+    def test_idle_client_without_callbacks_runs_three_threads(self, server: ProtocolServer) -> None:
+        """No callbacks to run: no callbacks thread (reader, writer and timer only)."""
+        with Client(server.url, backoff=FAST) as c:
+            c.send_and_wait("x", timeout=TIMEOUT)
+            names = sorted(
+                t.name for t in threading.enumerate()
+                if t.name.startswith("wsync-") and not t.name.startswith("wsync-server")
+            )
+        assert names == ["wsync-reader-1", "wsync-timer", "wsync-writer"]
+
+    def test_callbacks_thread_starts_with_the_first_callback(self, server: ProtocolServer) -> None:
+        """A done-callback starts the callbacks thread and runs there."""
+        with Client(server.url, backoff=FAST) as c:
+            ran = threading.Event()
+            where: list[str] = []
+            future = c.send("x")
+            future.add_done_callback(
+                lambda _: (where.append(threading.current_thread().name), ran.set())
+            )
+            assert ran.wait(TIMEOUT)
+        assert where in (["wsync-callbacks"], [threading.current_thread().name])
