@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: Bytes asked of the kernel per read: one recv() serves every frame already in the socket buffer.
 _READ_AHEAD: Final = 64 * 1024
+#: Where the read size starts and falls back to: CPython allocates the whole buffer before a
+#: blocking recv(), so an idle connection holds only this much while it waits for a frame.
+_READ_MIN: Final = 4 * 1024
 #: Largest frame try_send_text() writes itself; bigger ones go to the writer thread.
 _INLINE_LIMIT: Final = 16 * 1024
 #: How long send_close() may wait for the send lock and for room in the socket's send buffer.
@@ -138,11 +141,12 @@ class _BufferedSocket:
     come from any thread.
     """
 
-    __slots__ = ("_buf", "_deadline", "_poller", "_pos", "_sock")
+    __slots__ = ("_buf", "_deadline", "_poller", "_pos", "_read_size", "_sock")
 
     def __init__(self, sock: socket.socket, deadline: float | None) -> None:
         self._sock = sock
         self._poller: select.poll | None = None
+        self._read_size = _READ_MIN  # adapts between _READ_MIN and _READ_AHEAD
         self._buf = b""
         self._pos = 0
         self._deadline = deadline
@@ -230,9 +234,16 @@ class _BufferedSocket:
         if n - have <= _READ_AHEAD:
             parts = [head]
             while have < n:
-                chunk = self._sock.recv(_READ_AHEAD)
+                size = self._read_size
+                chunk = self._sock.recv(size)
                 if not chunk:
                     raise _PeerClosed("EOF")
+                # A full read means more is waiting: read more at once next time (a busy
+                # stream reaches 64 KiB per system call); a short one: back towards 4 KiB.
+                if len(chunk) == size:
+                    self._read_size = min(size * 2, _READ_AHEAD)
+                elif len(chunk) < size // 4:
+                    self._read_size = max(size // 2, _READ_MIN)
                 parts.append(chunk)
                 have += len(chunk)
             data = b"".join(parts)
