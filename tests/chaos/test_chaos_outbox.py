@@ -375,6 +375,9 @@ def check_runs(
             )
             figures.outcomes[line.outcome or "unknown"] += 1
     figures.messages = len(sent)
+    figures.extra["cancel_cut_by_kill"] = sum(
+        1 for log in logs for line in log.lines.values() if line.cancelling and not line.outcome
+    )
     killed = {log.run for log in logs[:-1]}
 
     def unprinted(r: Received) -> bool:
