@@ -1161,6 +1161,8 @@ def render(report: Report, **info: Any) -> str:
             "",
             "Median over the repetitions, then every run. CPU per message: every thread of the",
             "process; CPU %: share of one core while timed (client process, server process).",
+            "Frames per server write: responses the server wrote per write, which is how many",
+            "client frames each of its reads found, so it shows how much the client batches.",
             "",
             "| client | msg/s | vs websocket-client | runs | client CPU/msg | client CPU "
             "| server CPU/msg | server CPU | frames per server write |",
@@ -1245,12 +1247,22 @@ def render(report: Report, **info: Any) -> str:
     if mem or rss or idle:
         lines += ["", "## Memory, threads, idle CPU", ""]
     if mem:
+        if abs(mem["per_message_with_content"] - mem["per_message"]) < 8:
+            held = (
+                f"{mem['per_message_with_content']:,.0f} B per message, whether or not the caller "
+                "keeps its own 100-character content string (wsync keeps none: the content "
+                "lives in the encoded frame)"
+            )
+        else:
+            held = (
+                f"{mem['per_message_with_content']:,.0f} B per message when wsync holds the only "
+                f"reference to its 100-character content ({mem['content_size']} B as a `str`), "
+                f"{mem['per_message']:,.0f} B when the caller keeps its own"
+            )
         lines += [
-            f"tracemalloc, {mem['n']:,} messages queued while disconnected: "
-            f"{mem['per_message_with_content']:,.0f} B per message when wsync holds the only "
-            f"reference to its 100-character content ({mem['content_size']} B as a `str`), "
-            f"{mem['per_message']:,.0f} B when the caller keeps its own (the benchmark's list of "
-            "futures is not counted). Largest allocation sites, bytes per message:",
+            f"tracemalloc, {mem['n']:,} messages queued while disconnected: {held}; the "
+            "benchmark's own list of futures is not counted. Largest allocation sites, bytes "
+            "per message:",
             "",
             "| where | bytes |",
             "| --- | --- |",

@@ -447,11 +447,13 @@ class Engine:
     def _cancelled(self, future: MessageFuture) -> None:
         """A MessageFuture was cancelled (in the canceller's thread)."""
         with self._lock:
-            actions = self._machine.discard(future.message_id, future)
-            later = self._apply(actions)
+            holder = self._machine.pending.get(future.message_id)
+            reused = holder is not None and holder.future is not future  # a newer message's id
+            later = self._apply(self._machine.discard(future.message_id, future))
         self._carry_out(later)
-        if self._durable and actions:
-            self._discard_now([future.message_id])  # out of the file before cancel() returns
+        if self._durable and not reused:
+            # Out of the file before anyone sees the future cancelled (see MessageFuture.cancel).
+            self._discard_now([future.message_id])
 
     # --- public operations ----------------------------------------------------------------
 
@@ -542,7 +544,15 @@ class Engine:
         the writer thread writes the message first thing.
         """
         future = entry.future
-        future.set_running_or_notify_cancel()
+        if not future.set_running_or_notify_cancel():
+            # Cancelled after all (only a hook could: nobody else has the future yet).
+            with self._lock:
+                self._write_owner = None
+                later = self._apply(self._machine.writes_done(generation, (), (entry,)))
+                if self._machine.has_writes():
+                    self._writer_cv.notify()
+            self._carry_out(later)
+            return
         error: TransportClosed | None = None
         written = False
         try:

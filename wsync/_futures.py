@@ -40,6 +40,7 @@ class MessageFuture(Future["Response"]):
             cond._waiters = []
         self.message_id = message_id
         self._on_cancel = on_cancel
+        self._cancelling = False  # a cancel() is withdrawing the message right now
 
     def __repr__(self) -> str:
         return f"<MessageFuture {self.message_id} {self._state.lower()}>"
@@ -47,26 +48,49 @@ class MessageFuture(Future["Response"]):
     def cancel(self) -> bool:
         """Cancel the message if it is still queued; False once it was written.
 
-        Thread-safe. A cancelled message leaves the queue (and the durable outbox).
+        Thread-safe. A cancelled message leaves the queue (and the durable outbox) before the
+        future is seen as cancelled by anyone: by the time ``result()`` raises
+        ``CancelledError`` in another thread, the message is gone for good.
         """
-        # Future.cancel(), with one step added between the state change and the callbacks:
-        # the message leaves the queue first, so a done-callback sees it gone. Only the call
-        # that made the transition withdraws it: cancelling again must not touch a later
-        # message that reuses the id. (Future's _state/_condition/_invoke_callbacks have been
-        # stable since Python 3.2.)
+        # Future.cancel() in three steps (Future's _state/_condition/_invoke_callbacks have been
+        # stable since Python 3.2): claim the cancel under the condition, withdraw the message
+        # with no lock of the future held (the engine takes its own lock, and a durable outbox
+        # writes to disk), then publish CANCELLED and run the callbacks. While the cancel is
+        # claimed, set_running_or_notify_cancel() refuses, so the writer cannot write it. Only
+        # the call that claims it withdraws: cancelling again must not touch a later message
+        # that reuses the id.
         cond: Any = self._condition
         with cond:
             state = self._state
             if state in ("RUNNING", "FINISHED"):
                 return False
-            if state in ("CANCELLED", "CANCELLED_AND_NOTIFIED"):
+            if state in ("CANCELLED", "CANCELLED_AND_NOTIFIED") or self._cancelling:
                 return True
-            self._state = "CANCELLED"
-            cond.notify_all()
-        if self._on_cancel is not None:
-            self._on_cancel(self)
-        self._invoke_callbacks()  # type: ignore[attr-defined]
-        return True
+            self._cancelling = True
+        try:
+            if self._on_cancel is not None:
+                self._on_cancel(self)
+        finally:
+            with cond:
+                self._cancelling = False
+                if self._state == "PENDING":
+                    self._state = "CANCELLED"
+                    cond.notify_all()
+                cancelled = self._state in ("CANCELLED", "CANCELLED_AND_NOTIFIED")
+        if cancelled:
+            self._invoke_callbacks()  # type: ignore[attr-defined]
+        return cancelled
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """Mark the message written (the writer calls it just before writing).
+
+        False if it was cancelled, or a cancel is under way: it must not be written then.
+        """
+        cond: Any = self._condition
+        with cond:
+            if self._cancelling:
+                return False
+            return super().set_running_or_notify_cancel()
 
     # Resolution without a thread hop. Future.set_result() runs done-callbacks in the
     # calling thread; wsync must never run user code on its socket-reading thread. So the

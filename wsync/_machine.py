@@ -440,6 +440,7 @@ class Machine:
         if (
             self.status is Status.CONFIRMED
             and self._conn_open
+            and not self.in_flight  # others in flight: the writer batches them into one sendall
             and not self._to_write
             and not self.controls
             and (self._bucket is None or self._bucket.take(1, now) == 1)
@@ -796,8 +797,8 @@ class Machine:
             return actions
         if future is not None and entry.future is not future:
             return actions
-        if entry.state is EntryState.TAKEN:
-            return actions  # the writer sees the cancel and reports it as skipped
-        self.withdraw(message_id)
+        # QUEUED, or TAKEN by the writer and not yet written: the future is cancelled, so the
+        # writer skips it. Forget it now, so a durable outbox drops it before cancel() returns.
+        self.abandon(message_id)
         actions.append(Forget((message_id,)))
         return actions

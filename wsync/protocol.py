@@ -459,23 +459,39 @@ def _decode_fast(obj: dict[str, Any]) -> Frame | None:
     Accepts only what ``_decode_object`` accepts, and returns what it would return; anything
     unusual, including every error, goes to the converter, which also words the message.
     """
+    global _last_stamp
     tag = obj.get("type")
     stamp = obj.get("timestamp")
     if type(stamp) is not str:
         return None
     try:
+        # Responses arrive in bursts stamped with the same millisecond: parse each text once.
+        last_text, when = _last_stamp
+        if stamp != last_text:
+            when = parse_timestamp(stamp)
+            _last_stamp = (stamp, when)  # one tuple: another thread sees old or new, whole
         if tag == "response":
             message_id = obj.get("messageId")
             content = obj.get("content")
             if type(message_id) is str and message_id and type(content) is str:
-                return Response(
-                    message_id=message_id, content=content, timestamp=parse_timestamp(stamp)
-                )
+                # The checks above are exactly Response's validators (non-empty str id, str
+                # content, aware timestamp): build it without running them a second time.
+                frame = _new_response(Response)
+                _set(frame, "message_id", message_id)
+                _set(frame, "content", content)
+                _set(frame, "timestamp", when)
+                return frame
         elif tag == "pong":
-            return Pong(timestamp=parse_timestamp(stamp))
+            return Pong(timestamp=when)
     except ValueError:
         pass
     return None
+
+
+# The last timestamp text parsed and its value; None matches no text.
+_last_stamp: tuple[str | None, datetime] = (None, datetime(1970, 1, 1, tzinfo=timezone.utc))
+_new_response: Final = object.__new__
+_set: Final = object.__setattr__
 
 
 def _decode_object(obj: object) -> Frame:

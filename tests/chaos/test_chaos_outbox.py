@@ -510,17 +510,7 @@ class TestDurableWithdrawal:
             "cancel",
             "response_timeout",
             "server_error",
-            pytest.param(
-                "cancel_taken",
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="BUG: cancel() that lands while the writer holds the message "
-                    "(TAKEN: taken from the queue, not yet marked running) returns True, but "
-                    "Machine.discard() leaves TAKEN entries to the writer, whose Forget waits "
-                    "on the callbacks thread: the row stays in the file and, after SIGKILL, "
-                    "the next process sends it. Example: this test's cancel_taken child.",
-                ),
-            ),
+            "cancel_taken",
         ],
     )
     def test_failed_message_is_not_sent_by_the_next_process(

@@ -109,3 +109,27 @@ class TestCancel:
         future.cancel()
         waiter.join(TIMEOUT)
         assert len(errors) == 1 and isinstance(errors[0], concurrent.futures.CancelledError)
+
+    def test_cancel_is_published_after_the_hook(self) -> None:
+        """While the hook withdraws the message, the future is not yet seen cancelled, nor
+        can the writer start it."""
+        seen: list[tuple[bool, bool]] = []
+
+        def hook(f: MessageFuture) -> None:
+            seen.append((f.cancelled(), f.set_running_or_notify_cancel()))
+
+        future = MessageFuture("m", hook)
+        assert future.cancel()
+        assert seen == [(False, False)]
+        assert future.cancelled()
+
+    def test_failing_hook_still_cancels(self) -> None:
+        """A hook that raises does not leave the future stuck: it is cancelled, the error shows."""
+
+        def hook(_: MessageFuture) -> None:
+            raise RuntimeError("engine bug")
+
+        future = MessageFuture("m", hook)
+        with pytest.raises(RuntimeError):
+            future.cancel()
+        assert future.cancelled()

@@ -54,3 +54,30 @@ class TestEncodeMessageNow:
         assert text == protocol.encode(frame)
         assert frame.timestamp.tzinfo is timezone.utc
         assert abs((datetime.now(timezone.utc) - frame.timestamp).total_seconds()) < 60
+
+
+class TestDecodeFastPath:
+    def test_timestamp_cache_never_accepts_a_bad_stamp(self) -> None:
+        """A response with an empty or bad timestamp is malformed, before and after good ones."""
+        import pytest
+
+        from wsync import ProtocolError
+
+        good = '{"type":"response","messageId":"a","content":"b","timestamp":"%s"}'
+        for stamp in ["", "nope", "2026-11-27T13:40:30.123Z", "", "2026-11-27T13:40:30"]:
+            text = good % stamp
+            if stamp.endswith("Z"):
+                assert protocol.decode(text).timestamp.year == 2026  # type: ignore[union-attr]
+            else:
+                with pytest.raises(ProtocolError):
+                    protocol.decode(text)
+
+    def test_same_stamp_twice_gives_equal_frames(self) -> None:
+        """Two responses with one timestamp text decode to equal frames with equal times."""
+        stamp = "2026-01-01T00:00:00.000Z"
+        text = f'{{"type":"response","messageId":"a","content":"b","timestamp":"{stamp}"}}'
+        first, second = protocol.decode(text), protocol.decode(text)
+        assert first == second
+        assert first == protocol.Response(
+            message_id="a", content="b", timestamp=protocol.parse_timestamp(stamp)
+        )

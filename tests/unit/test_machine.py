@@ -1160,21 +1160,22 @@ class TestCancelWithdrawAbandon:
         gen = confirmed(m)
         assert write(m, gen, T0) == [b]
 
-    def test_discard_while_taken_waits_for_writer(self) -> None:
-        """Cancelling a taken message does nothing until the writer reports it skipped."""
+    def test_discard_while_taken_forgets_at_once(self) -> None:
+        """Cancelling a taken, unwritten message forgets it at once; the writer then skips it."""
         m = make_machine()
         a = entry("a")
         m.send(a)
         gen = confirmed(m)
         _, taken = m.take_writes(gen, T0)
         assert a.future.cancel()  # the writer has not called set_running_or_notify_cancel yet
-        assert m.discard("a") == []
-        assert a.state is EntryState.TAKEN
         m.wake_waiters = False
-        assert m.writes_done(gen, [], skipped=taken) == [Forget(("a",))]
+        assert m.discard("a") == [Forget(("a",))]
+        assert a.state is EntryState.DONE
         assert m.pending == {}
         assert (m.queued, m.in_flight, m.sent) == (0, 0, 0)
         assert m.wake_waiters
+        assert m.writes_done(gen, [], skipped=taken) == []
+        assert (m.queued, m.in_flight, m.sent) == (0, 0, 0)
 
     def test_discard_after_write_does_nothing(self) -> None:
         """Cancelling a written message does nothing: it stays in flight."""

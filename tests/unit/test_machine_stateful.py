@@ -453,7 +453,11 @@ class MachineModel(RuleBasedStateMachine):
         m = self.machine
         holder = m.pending.get(message_id)
         # Only the cancel of this very message may withdraw it, never a later one reusing its id.
-        assert holder is None or holder.future.cancelled(), f"{holder} was not cancelled"
+        # (on_cancel runs while the cancel is claimed, before CANCELLED is published)
+        assert holder is None or holder.future is future or holder.future.cancelled(), (
+            f"{holder} was not cancelled"
+        )
+        assert future._cancelling
         was = holder.state if holder is not None else None
         actions = self._call("discard", lambda: m.discard(message_id, future))
         if was is EntryState.QUEUED:
