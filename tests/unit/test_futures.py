@@ -37,8 +37,9 @@ class TestWaiting:
         done.shutdown()
 
     def test_result_timeout_raises(self) -> None:
-        """result(timeout) on an unresolved future raises TimeoutError."""
-        with pytest.raises(TimeoutError):
+        """result(timeout) on an unresolved future raises concurrent.futures.TimeoutError."""
+        # (the builtin TimeoutError only from Python 3.11 on)
+        with pytest.raises(concurrent.futures.TimeoutError):
             MessageFuture("m").result(0.01)
 
     def test_wait_and_as_completed_work(self) -> None:
