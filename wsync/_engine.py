@@ -1,24 +1,10 @@
 """The engine: owns the machine, the transport, the outbox and the threads; carries out actions.
 
-Threads (each named ``wsync-<role>``, daemon only as a safety net; ``close()`` joins them):
-
-========================  ==================================================================
-``wsync-reader-<n>``      one per connection: reads, decodes, feeds the machine, hands off.
-                          Never runs user code; resolves a future itself only when the future
-                          has no done-callbacks (no thread hop on the hot path).
-``wsync-writer``          the only writer of the socket: control frames first (connect, ping,
-                          pong), then messages in order, batched into one ``sendall``. A long
-                          queue flush never stops the reader, so a server that answers while
-                          we write cannot deadlock us.
-``wsync-timer``           deadlines: backoff delays, the attempt itself (a bounded, cancellable
-                          open), the confirm timeout, pings and the pong timeout.
-``wsync-callbacks``       every user callback, in order (see ``_dispatch``).
-========================  ==================================================================
-
-One lock (``_lock``) guards the machine and the engine's bookkeeping; the conditions
-that wake the writer, the timer and callers waiting in ``connect``/``flush`` all share
-it. Holding it means no I/O, no user code and no waiting. Threads start with the first
-``connect()``.
+Its one job: the ``Engine`` object's state and lifecycle: construction, carrying out the
+machine's actions (``_apply`` under the lock, ``_carry_out`` outside it), and the public
+operations (connect, send, send_and_wait, flush, reconnect, close). It must not hold the
+thread bodies (``_loops``, which lists the threads and the locking rules) nor standalone
+helpers (``_support``; re-exported here for the code that imports them from this module).
 """
 
 from __future__ import annotations
@@ -26,23 +12,21 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
-import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from wsync import protocol
 from wsync._backoff import Backoff
-from wsync._errors import ClientClosed, ConnectError, ConnectTimeout, ProtocolError, ResponseTimeout
+from wsync._errors import ClientClosed, ConnectError, ConnectTimeout, ResponseTimeout
 from wsync._futures import MessageFuture
+from wsync._loops import ThreadLoops
 from wsync._machine import (
     Abort,
     Action,
-    Control,
     Entry,
-    EntryState,
     Fail,
     Forget,
     Machine,
@@ -53,47 +37,44 @@ from wsync._machine import (
     Resolve,
 )
 from wsync._outbox import MemoryOutbox, Outbox
-from wsync._transport import (
-    Connector,
-    MalformedFrame,
-    TLSError,
-    Transport,
-    TransportClosed,
-    redact_url,
+from wsync._support import (
+    CLOSE_HANDSHAKE,
+    MALFORMED_WARNINGS,
+    MALFORMED_WINDOW,
+    Callbacks,
+    Clock,
+    Deadline,
+    ErrorCallback,
+    ResponseCallback,
+    StateCallback,
+    _call_each,
+    _changed,
+    _MalformedLog,
+    uuid4_text,
 )
+from wsync._transport import Connector, Transport, redact_url
 from wsync._values import ConnectionState, Stats, Status
 from wsync.protocol import Response
 
-__all__ = ["Engine"]
+__all__ = [
+    "CLOSE_HANDSHAKE",
+    "MALFORMED_WARNINGS",
+    "MALFORMED_WINDOW",
+    "Callbacks",
+    "Clock",
+    "ConnectError",  # benchmarks/experiments.py reads _engine.ConnectError
+    "Deadline",
+    "Engine",
+    "ErrorCallback",
+    "ResponseCallback",
+    "StateCallback",
+    "make_connector",
+    "uuid4_text",
+]
 
 logger = logging.getLogger("wsync")
 
-Clock = Callable[[], float]
-StateCallback = Callable[[ConnectionState], Any]
-ResponseCallback = Callable[[Response], Any]
-ErrorCallback = Callable[[Any], Any]
-
-# How long close() lets the server answer our close frame before tearing the socket down.
-CLOSE_HANDSHAKE: Final = 1.0
-# At most this many warnings about malformed frames per window; the rest are counted.
-MALFORMED_WARNINGS: Final = 5
-MALFORMED_WINDOW: Final = 10.0
-
 _live: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-_getrandbits = random.getrandbits
-
-
-def uuid4_text() -> str:
-    """A random UUID version 4, as ``str(uuid.uuid4())`` writes it, several times faster.
-
-    Message ids must be unique, not secret: Python's own generator (re-seeded in a forked
-    child) gives 122 random bits without the system call ``uuid.uuid4()`` makes for each id.
-    """
-    n = (_getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _close_all_at_exit() -> None:
@@ -104,100 +85,7 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-class Deadline:
-    """One timeout shared by several waits. ``None`` means no limit."""
-
-    __slots__ = ("_end",)
-
-    def __init__(self, timeout: float | None) -> None:
-        self._end = None if timeout is None else time.monotonic() + timeout
-
-    def remaining(self) -> float | None:
-        if self._end is None:
-            return None
-        return max(0.0, self._end - time.monotonic())
-
-    def expired(self) -> bool:
-        return self._end is not None and time.monotonic() >= self._end
-
-
-class _MalformedLog:
-    """Warns about malformed frames a few times per window, then summarises with a count."""
-
-    def __init__(self) -> None:
-        self._window_start = -MALFORMED_WINDOW
-        self._warned = 0
-        self._suppressed = 0
-
-    def report(self, reason: str, now: float) -> None:
-        if now - self._window_start >= MALFORMED_WINDOW:
-            if self._suppressed:
-                logger.warning(
-                    "dropped %d more malformed frames in the last %.0f s",
-                    self._suppressed,
-                    now - self._window_start,
-                )
-            self._window_start = now
-            self._warned = 0
-            self._suppressed = 0
-        if self._warned < MALFORMED_WARNINGS:
-            self._warned += 1
-            logger.warning("dropped a malformed frame: %s", reason)
-        else:
-            self._suppressed += 1
-
-
-def _call_each(first: Callable[[Any], Any] | None, more: Sequence[Callable[[Any], Any]],
-               arg: Any) -> None:
-    """Call ``first`` then each of ``more`` with ``arg``; one that raises does not stop the rest."""
-    for fn in (first, *more):
-        if fn is not None:
-            try:
-                fn(arg)
-            except BaseException:  # like the dispatcher: the callbacks thread outlives user code
-                logger.exception("a wsync callback raised; ignored")
-
-
-def _changed(items: tuple[Any, ...], fn: Any, add: bool) -> tuple[Any, ...]:
-    if fn is None:
-        return items
-    if add:
-        return (*items, fn)
-    listed = list(items)
-    if fn in listed:
-        listed.remove(fn)  # the first one equal: a listener added twice is removed once
-    return tuple(listed)
-
-
-class Callbacks:
-    """The user's callbacks. The Client holds this; the engine only a weak reference to it.
-
-    So a callback that refers back to its owner (``self.client = Client(url,
-    on_response=self.handle)``) forms no cycle through the running threads, and a forgotten
-    client can still be collected and closed.
-    """
-
-    __slots__ = (
-        "__weakref__", "on_error", "on_response", "on_state_change",
-        "response_listeners", "state_listeners",
-    )
-
-    def __init__(
-        self,
-        on_state_change: StateCallback | None,
-        on_response: ResponseCallback | None,
-        on_error: ErrorCallback | None,
-    ) -> None:
-        self.on_state_change = on_state_change
-        self.on_response = on_response
-        self.on_error = on_error
-        # Client.add_listener's, called after the callback above. Replaced whole (under the
-        # engine's lock), never changed in place: the callbacks thread reads them unlocked.
-        self.state_listeners: tuple[StateCallback, ...] = ()
-        self.response_listeners: tuple[ResponseCallback, ...] = ()
-
-
-class Engine:
+class Engine(ThreadLoops):
     """Everything a ``Client`` does, minus argument checking and the public docstrings.
 
     ``Client`` is a thin facade over this object, so that a forgotten client can be
@@ -536,52 +424,6 @@ class Engine:
         self._write_inline(generation, transport, entry)
         return entry.future
 
-    def _write_inline(self, generation: int, transport: Transport | None, entry: Entry) -> None:
-        """The fast path: write a message from send()'s own thread, no thread hop.
-
-        Nobody else has the future yet, so nothing can cancel it between the state change to
-        RUNNING and the write; if the write cannot happen at once, it goes back to PENDING and
-        the writer thread writes the message first thing.
-        """
-        future = entry.future
-        if not future.set_running_or_notify_cancel():
-            # Cancelled after all (only a hook could: nobody else has the future yet).
-            with self._lock:
-                self._write_owner = None
-                later = self._apply(self._machine.writes_done(generation, (), (entry,)))
-                if self._machine.has_writes():
-                    self._writer_cv.notify()
-            self._carry_out(later)
-            return
-        error: TransportClosed | None = None
-        written = False
-        try:
-            if transport is not None:
-                written = transport.try_send_text(entry.text)
-        except TransportClosed as exc:
-            error = exc
-        except BaseException:
-            # A bug below: the writer takes the message over; the fast path must not wedge.
-            logger.exception("internal error on the send fast path")
-        with self._lock:
-            self._write_owner = None
-            machine = self._machine
-            if written:
-                later = self._apply(machine.writes_done(generation, (entry,)))
-            else:
-                future.unset_running()
-                machine.inline_failed(generation, entry)
-                later = self._apply([])
-                if error is not None:
-                    lost = ConnectError(f"connection lost while writing: {error}")
-                    lost.__cause__ = error
-                    now = self._clock()
-                    later += self._apply(machine.on_connection_lost(generation, lost, now))
-            if machine.has_writes():
-                self._writer_cv.notify()
-        if later:
-            self._carry_out(later)
-
     def _send_durable(self, entry: Entry, content: str) -> MessageFuture:
         """Journal the message before it is queued; concurrent senders share commits."""
         mid = entry.message_id
@@ -752,257 +594,6 @@ class Engine:
             self.close(timeout=1.0, quiet=True)
         except Exception:
             logger.exception("internal error while closing a forgotten client")
-
-    # --- the timer thread -----------------------------------------------------------------
-
-    def _timer_main(self) -> None:
-        while True:
-            try:
-                self._timer_loop()
-                return
-            except Exception:
-                self._internal_error("timer")
-
-    def _timer_loop(self) -> None:
-        machine = self._machine
-        while True:
-            with self._lock:
-                while True:
-                    if self._closing:
-                        return
-                    now = self._clock()
-                    later = self._apply(machine.on_timer(now))
-                    if later:
-                        break
-                    deadline = machine.next_deadline()
-                    self._timer_cv.wait(None if deadline is None else max(0.0, deadline - now))
-            self._carry_out(later)
-
-    def _open(self, action: Open) -> None:
-        """On the timer thread: one bounded attempt to open a socket."""
-        generation = action.generation
-        # A cancel aimed at an earlier attempt that had already finished must not fail this
-        # one; close() cancels after setting _closing, which is checked below.
-        self._connector.reset()
-        with self._lock:
-            if self._closing or generation != self._machine.generation:
-                return
-            self._opening = generation
-        try:
-            try:
-                transport = self._connector.open(action.timeout)
-            except ConnectError:
-                raise
-            except Exception as exc:  # a bug below us must not kill the timer thread
-                logger.exception("internal error while opening a connection")
-                raise ConnectError(f"internal error while opening: {type(exc).__name__}") from exc
-        except ConnectError as error:
-            with self._lock:
-                self._opening = None
-                later = self._apply(
-                    self._machine.on_open_failed(
-                        generation, error, self._clock(), retryable=not isinstance(error, TLSError)
-                    )
-                )
-            logger.debug("attempt failed: %s", error)
-            self._carry_out(later)
-            return
-        with self._lock:
-            self._opening = None
-            if self.closing:  # the property: close() may have run while we were opening
-                later = [(Abort(generation, "client closed"), transport)]
-            else:
-                actions = self._machine.on_open_succeeded(generation, self._clock())
-                if any(type(a) is Abort for a in actions):
-                    later = [(Abort(generation, "superseded"), transport)]
-                else:
-                    self._transports[generation] = transport
-                    reader = threading.Thread(
-                        target=self._reader_main,
-                        args=(generation, transport),
-                        name=f"wsync-reader-{generation}",
-                        daemon=True,
-                    )
-                    self._readers = [r for r in self._readers if r.is_alive()]
-                    self._readers.append(reader)
-                    reader.start()
-                    later = self._apply(actions)
-        self._carry_out(later)
-
-    # --- the writer thread ----------------------------------------------------------------
-
-    def _writer_main(self) -> None:
-        while True:
-            try:
-                self._writer_loop()
-                return
-            except Exception:
-                self._internal_error("writer")
-
-    def _writer_loop(self) -> None:
-        machine = self._machine
-        while True:
-            with self._lock:
-                while True:
-                    if self._closing:
-                        transports = list(self._closing_transports)
-                        break
-                    if machine.has_writes() and self._write_owner is None:
-                        now = self._clock()
-                        if not machine.controls:
-                            next_at = machine.next_write_at(now)
-                            if next_at is not None and next_at > now:
-                                self._writer_cv.wait(next_at - now)
-                                continue
-                        generation = machine.generation
-                        controls, entries = machine.take_writes(generation, now)
-                        transport = self._transports.get(generation)
-                        self._write_owner = "writer"
-                        break
-                    self._writer_cv.wait()
-            if self._closing:
-                for each in transports:
-                    each.send_close()
-                return
-            self._write(generation, transport, controls, entries)
-
-    def _write(
-        self,
-        generation: int,
-        transport: Transport | None,
-        controls: Sequence[Control],
-        entries: Sequence[Entry],
-    ) -> None:
-        texts: list[str] = []
-        for control in controls:
-            texts.append(self._control_text(control))
-        written: list[Entry] = []
-        skipped: list[Entry] = []
-        for entry in entries:
-            future = entry.future
-            if entry.state is EntryState.DONE:
-                ok = False  # withdrawn, abandoned or failed since it was taken
-            elif future.running():
-                ok = True  # written before, on a lost connection: write it again
-            elif future.done():
-                ok = False  # cancelled or timed out meanwhile: never written
-            else:
-                try:
-                    ok = future.set_running_or_notify_cancel()
-                except RuntimeError:
-                    ok = False  # failed meanwhile (timed out): never written again
-            if ok:
-                texts.append(entry.text)
-                written.append(entry)
-            else:
-                skipped.append(entry)
-        error: TransportClosed | None = None
-        if texts and transport is not None:
-            try:
-                transport.send_texts(texts)
-            except TransportClosed as exc:
-                error = exc
-        with self._lock:
-            self._write_owner = None
-            # After a failed write nothing counts as written: the loss below queues it all again.
-            done = written if error is None else []
-            later = self._apply(self._machine.writes_done(generation, done, skipped))
-            if error is not None:
-                lost = ConnectError(f"connection lost while writing: {error}")
-                lost.__cause__ = error
-                later += self._apply(
-                    self._machine.on_connection_lost(generation, lost, self._clock())
-                )
-        self._carry_out(later)
-
-    def _control_text(self, control: Control) -> str:
-        if control is Control.PING:
-            return protocol.encode(protocol.Ping(timestamp=protocol.now()))
-        if control is Control.PONG:
-            return protocol.encode(protocol.Pong(timestamp=protocol.now()))
-        return protocol.encode(protocol.Connect(client_id=self.client_id, timestamp=protocol.now()))
-
-    # --- the reader threads ---------------------------------------------------------------
-
-    def _reader_main(self, generation: int, transport: Transport) -> None:
-        try:
-            self._reader_loop(generation, transport)
-        except Exception:
-            transport.abort()
-            self._internal_error("reader", generation)
-
-    def _reader_loop(self, generation: int, transport: Transport) -> None:
-        machine = self._machine
-        decode = protocol.decode
-        while True:
-            try:
-                data = transport.recv()
-            except MalformedFrame as exc:
-                self._malformed(str(exc))
-                continue
-            except TransportClosed as exc:
-                lost = ConnectError(f"connection lost: {exc}")
-                lost.__cause__ = exc
-                with self._lock:
-                    later = self._apply(machine.on_connection_lost(generation, lost, self._clock()))
-                self._carry_out(later)
-                return
-            if type(data) is not str:
-                self._malformed(f"binary frame of {len(data)} bytes")
-                continue
-            try:
-                frame = decode(data)
-            except ProtocolError as exc:
-                self._malformed(f"{exc} ({len(data)} characters)")
-                continue
-            if type(frame) is Response:
-                with self._lock:
-                    self._on_response(generation, frame)
-                continue
-            with self._lock:
-                later = self._apply(machine.on_frame(generation, frame, self._clock()))
-            if later:
-                self._carry_out(later)
-
-    def _on_response(self, generation: int, frame: Response) -> None:
-        """The hot path of the reader: what ``_apply(machine.on_frame(...))`` does for a response,
-        without building the actions. Caller holds self._lock."""
-        machine = self._machine
-        if not machine.is_current(generation):
-            return  # a stale connection's response: ignored, like every stale frame
-        entry = machine.answer(generation, frame)
-        if entry is not None:
-            future = entry.future
-            if not future.try_set_result_fast(frame):
-                self._dispatch.put(future.set_result_safe, frame)
-            if self._durable:
-                self._apply([Forget((entry.message_id,))])
-            if not machine.pending:
-                self._state_cv.notify_all()
-        if self._has_on_response:
-            self._dispatch.put(self._call_on_response, frame)
-
-    def _malformed(self, reason: str) -> None:
-        with self._lock:
-            self._machine.on_malformed()
-        self._malformed_log.report(reason, time.monotonic())
-
-    def _internal_error(self, role: str, generation: int | None = None) -> None:
-        """A bug below: log it, treat the connection as lost, and (for a loop) pause briefly."""
-        logger.exception("internal error in the %s thread", role)
-        if self._closing:
-            return
-        with self._lock:
-            if role == "writer":
-                self._write_owner = None  # whatever it was writing is lost with the connection
-            if generation is None:
-                # The writer and timer loops restart after this: never a hot loop of errors.
-                cv = self._timer_cv if role == "timer" else self._writer_cv
-                cv.wait(0.1)
-                generation = self._machine.generation
-            error = ConnectError(f"internal error in the {role} thread")
-            later = self._apply(self._machine.on_connection_lost(generation, error, self._clock()))
-        self._carry_out(later)
 
 
 def make_connector(
