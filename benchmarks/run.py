@@ -1287,6 +1287,9 @@ def render(report: Report, **info: Any) -> str:
         ]
     if report.errors:
         lines += ["", "## Errors", ""] + [f"```\n{e}\n```" for e in report.errors]
+    missed = Path(__file__).with_name("missed.md")
+    if missed.exists():
+        lines += ["", *missed.read_text().rstrip().splitlines()]
     lines += [
         "",
         "## Method",
