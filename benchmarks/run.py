@@ -1309,8 +1309,7 @@ def render(report: Report, **info: Any) -> str:
         "  (a semaphore); wsync keeps 64 futures in flight and waits on the oldest.",
         "- CPU: `time.process_time()` of each process (all threads, ns resolution).",
         "- Memory, RSS/threads and idle CPU each run in a fresh interpreter (`--child`).",
-        "- Where the time goes: `python benchmarks/profile_wsync.py` (yappi, every thread);",
-        "  prototypes of the proposed optimisations: `python benchmarks/experiments.py`.",
+        "- Where the time goes: `python benchmarks/profile_wsync.py` (yappi, every thread).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -62,7 +62,7 @@ __all__ = [
     "MALFORMED_WINDOW",
     "Callbacks",
     "Clock",
-    "ConnectError",  # benchmarks/experiments.py reads _engine.ConnectError
+    "ConnectError",
     "Deadline",
     "Engine",
     "ErrorCallback",
