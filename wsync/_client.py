@@ -18,11 +18,11 @@ from types import TracebackType
 from typing import Any, Final
 
 from wsync._backoff import Backoff
-from wsync._engine import Callbacks, Engine, make_connector
+from wsync._engine import Callbacks, Engine
 from wsync._errors import ServerError
 from wsync._futures import MessageFuture
 from wsync._outbox import Outbox
-from wsync._transport import is_loopback_host, redact_url, validate_url
+from wsync._transport import Connector, is_loopback_host, redact_url, validate_url
 from wsync._values import ConnectionState, Stats, validate_client_id
 from wsync.protocol import Response
 
@@ -207,7 +207,7 @@ class Client:
             outbox=outbox,
             max_queued=max_queued,
             rate_limit=rate_limit,
-            connector=make_connector(
+            connector=Connector(
                 url, ssl_context=ssl_context, headers=headers, proxy=proxy,
                 max_frame_size=max_frame_size,
             ),

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from wsync import protocol
@@ -68,7 +68,6 @@ __all__ = [
     "ErrorCallback",
     "ResponseCallback",
     "StateCallback",
-    "make_connector",
     "uuid4_text",
 ]
 
@@ -595,15 +594,3 @@ class Engine(ThreadLoops):
         except Exception:
             logger.exception("internal error while closing a forgotten client")
 
-
-def make_connector(
-    url: str,
-    *,
-    ssl_context: Any,
-    headers: Mapping[str, str] | None,
-    proxy: str | None,
-    max_frame_size: int,
-) -> Connector:
-    return Connector(
-        url, ssl_context=ssl_context, headers=headers, proxy=proxy, max_frame_size=max_frame_size
-    )

@@ -104,24 +104,20 @@ class MessageFuture(Future["Response"]):
 
         True also when the future was already done (cancelled): nothing is left to do.
         """
-        cond: Any = self._condition
-        with cond:
-            if self.done():
-                return True
-            if self._done_callbacks:  # type: ignore[attr-defined]
-                return False
-            self.set_result(result)
-            return True
+        return self._try_finish_fast(self.set_result, result)
 
     def try_set_exception_fast(self, error: BaseException) -> bool:
         """Like ``try_set_result_fast``, for an exception."""
+        return self._try_finish_fast(self.set_exception, error)
+
+    def _try_finish_fast(self, finish: Callable[[Any], None], value: Any) -> bool:
         cond: Any = self._condition
         with cond:
             if self.done():
                 return True
             if self._done_callbacks:  # type: ignore[attr-defined]
                 return False
-            self.set_exception(error)
+            finish(value)
             return True
 
     def unset_running(self) -> None:

@@ -129,10 +129,7 @@ class ThreadLoops:
                 machine.inline_failed(generation, entry)
                 later = self._apply([])
                 if error is not None:
-                    lost = ConnectError(f"connection lost while writing: {error}")
-                    lost.__cause__ = error
-                    now = self._clock()
-                    later += self._apply(machine.on_connection_lost(generation, lost, now))
+                    later += self._lost_while_writing(generation, error)
             if machine.has_writes():
                 self._writer_cv.notify()
         if later:
@@ -293,12 +290,16 @@ class ThreadLoops:
             done = written if error is None else []
             later = self._apply(self._machine.writes_done(generation, done, skipped))
             if error is not None:
-                lost = ConnectError(f"connection lost while writing: {error}")
-                lost.__cause__ = error
-                later += self._apply(
-                    self._machine.on_connection_lost(generation, lost, self._clock())
-                )
+                later += self._lost_while_writing(generation, error)
         self._carry_out(later)
+
+    def _lost_while_writing(
+        self, generation: int, error: TransportClosed
+    ) -> list[tuple[Action, Transport | None]]:
+        """A write found the connection gone. Caller holds self._lock."""
+        lost = ConnectError(f"connection lost while writing: {error}")
+        lost.__cause__ = error
+        return self._apply(self._machine.on_connection_lost(generation, lost, self._clock()))
 
     def _control_text(self, control: Control) -> str:
         if control is Control.PING:

@@ -468,24 +468,27 @@ class Machine:
         entry = self.pending.get(message_id)
         if entry is None or entry.state is not EntryState.QUEUED:
             return None
-        del self.pending[message_id]
-        entry.state = EntryState.DONE
-        self.queued -= 1
+        self._finish(entry)
         self._notify_if_drained()
         return entry
 
     def abandon(self, message_id: str) -> Entry | None:
         """Stop tracking a written message (its waiter timed out): it is never written again."""
-        entry = self.pending.pop(message_id, None)
+        entry = self.pending.get(message_id)
         if entry is None:
             return None
+        self._finish(entry)
+        self._notify_if_drained()
+        return entry
+
+    def _finish(self, entry: Entry) -> None:
+        """Take ``entry`` (which is in ``pending``) out for good: DONE, counters fixed."""
+        del self.pending[entry.message_id]
         if entry.state is EntryState.QUEUED:
-            self.queued -= 1
+            self.queued -= 1  # e.g. answered before we (re)wrote it: a duplicate path
         else:
             self.in_flight -= 1
         entry.state = EntryState.DONE
-        self._notify_if_drained()
-        return entry
 
     def _notify_if_drained(self) -> None:
         if not self.pending:
@@ -697,27 +700,16 @@ class Machine:
         ``is_current(generation)``.
         """
         self.received += 1
-        entry = self.pending.pop(frame.message_id, None)
-        if entry is None:
-            return None
-        if entry.state is EntryState.QUEUED:
-            self.queued -= 1
-        else:
-            self.in_flight -= 1
-        entry.state = EntryState.DONE
+        entry = self.pending.get(frame.message_id)
+        if entry is not None:
+            self._finish(entry)
         return entry
 
     def _on_response(self, frame: protocol.Response, actions: list[Action]) -> None:
-        self.received += 1
+        entry = self.answer(self.generation, frame)
         actions.append(OnResponse(frame))
-        entry = self.pending.pop(frame.message_id, None)
         if entry is None:
             return  # unknown, or a duplicate of one already answered
-        if entry.state is EntryState.QUEUED:
-            self.queued -= 1  # answered before we (re)wrote it: a duplicate path
-        else:
-            self.in_flight -= 1
-        entry.state = EntryState.DONE
         actions.append(Resolve(entry, frame))
         actions.append(Forget((entry.message_id,)))
         if not self.pending:
@@ -774,12 +766,7 @@ class Machine:
         gone: list[str] = []
         for entry in skipped:
             if self.pending.get(entry.message_id) is entry:
-                del self.pending[entry.message_id]
-                if entry.state is EntryState.QUEUED:
-                    self.queued -= 1
-                else:
-                    self.in_flight -= 1
-                entry.state = EntryState.DONE
+                self._finish(entry)
                 gone.append(entry.message_id)
         if gone:
             actions.append(Forget(tuple(gone)))

@@ -378,9 +378,14 @@ def now_text() -> str:
 
 def encode_message_now(*, client_id: str, message_id: str, content: str) -> str:
     """``encode_message`` stamped with the current time; ids must already be valid strs."""
+    return _message_text(client_id, content, now_text(), message_id)
+
+
+def _message_text(client_id: str, content: str, stamp: str, message_id: str) -> str:
+    """The ``message`` frame, keys in ``encode()``'s order, built without the converter."""
     return (
         f'{{"type":"message","clientId":{_escape(client_id)},"content":{_escape(content)},'
-        f'"timestamp":"{now_text()}","messageId":{_escape(message_id)}}}'
+        f'"timestamp":"{stamp}","messageId":{_escape(message_id)}}}'
     )
 
 
@@ -394,10 +399,7 @@ def encode_message(*, client_id: str, message_id: str, content: str, timestamp: 
     if not client_id or not message_id or type(client_id) is not str or type(message_id) is not str:
         # Bad ids: raise exactly what Message(...) raises. Good ones skip building a Message.
         Message(client_id=client_id, message_id=message_id, content=content, timestamp=timestamp)
-    return (
-        f'{{"type":"message","clientId":{_escape(client_id)},"content":{_escape(content)},'
-        f'"timestamp":"{format_timestamp(timestamp)}","messageId":{_escape(message_id)}}}'
-    )
+    return _message_text(client_id, content, format_timestamp(timestamp), message_id)
 
 
 # --- Decoding ---
