@@ -7,14 +7,13 @@ back through futures and callbacks. See README.md and API.md.
 
 from __future__ import annotations
 
-import logging
-
 from wsync._backoff import Backoff
 from wsync._client import Client
 from wsync._errors import (
     ClientClosed,
     ConnectError,
     ConnectTimeout,
+    DeliveryError,
     HandshakeError,
     OutboxError,
     ProtocolError,
@@ -38,6 +37,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ConnectionState",
+    "DeliveryError",
     "HandshakeError",
     "MessageFuture",
     "OutboxError",
@@ -52,6 +52,3 @@ __all__ = [
     "WsyncError",
     "status_widget",
 ]
-
-# A library adds no handlers of its own: the application decides what is shown.
-logging.getLogger(__name__).addHandler(logging.NullHandler())

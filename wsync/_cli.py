@@ -31,7 +31,8 @@ from wsync._errors import (
     ServerError,
     WsyncError,
 )
-from wsync._transport import TLSError, UpgradeRejected, is_loopback_host, validate_url
+from wsync._errors import TLSError, UpgradeRejected
+from wsync._transport import is_loopback_host, validate_url
 from wsync._values import validate_client_id
 
 if TYPE_CHECKING:

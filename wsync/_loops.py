@@ -38,13 +38,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from wsync import protocol
-from wsync._errors import ConnectError, ProtocolError
+from wsync._errors import ConnectError, ProtocolError, TLSError
 from wsync._machine import Abort, Action, Control, Entry, EntryState, Forget, Machine, Open
 from wsync._support import Clock, _MalformedLog
 from wsync._transport import (
     Connector,
     MalformedFrame,
-    TLSError,
     Transport,
     TransportClosed,
 )

@@ -38,6 +38,9 @@ class StoredMessage:
         )
     )
     content: str = attrs.field(validator=attrs.validators.instance_of(str), repr=False)
+    #: On how many connections the message was written, each lost before it was answered
+    #: (``max_deliveries`` counts these across restarts).
+    deliveries: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
 
 
 @typing.runtime_checkable
@@ -87,6 +90,18 @@ class Outbox(typing.Protocol):
         """
         ...
 
+    def count_deliveries(self, message_ids: Sequence[str]) -> None:
+        """Add one to the delivery count of each message (see ``StoredMessage.deliveries``).
+
+        Called from one wsync thread, without any wsync lock, when a connection ended with
+        these messages written on it and unanswered. Unknown ids are ignored. Durable when it
+        returns is not required (a lost increment only allows one more delivery).
+
+        Raises:
+            OutboxError: not claimed, released, or the write failed.
+        """
+        ...
+
     def release(self) -> None:
         """Flush, close and give up the claim; unanswered messages stay. Idempotent.
 
@@ -129,6 +144,9 @@ class MemoryOutbox:
 
     def discard(self, message_ids: Sequence[str]) -> None:
         """Do nothing: nothing was stored."""
+
+    def count_deliveries(self, message_ids: Sequence[str]) -> None:
+        """Do nothing: the engine's queue keeps the count for the life of the process."""
 
     def release(self) -> None:
         """Mark the outbox released. Idempotent."""

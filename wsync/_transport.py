@@ -46,7 +46,7 @@ from urllib.parse import unquote, urlsplit
 import websocket
 from websocket._http import _tunnel
 
-from wsync._errors import ConnectError
+from wsync._errors import ConnectError, TLSError, UpgradeRejected
 from wsync._framing import (
     MalformedFrame,
     Transport,
@@ -94,28 +94,6 @@ _TOKEN_CHARS: Final = frozenset(
 
 # --------------------------------------------------------------------------------------------------
 # Errors
-
-
-class TLSError(ConnectError):
-    """The server's certificate or host name failed verification: retrying will not help."""
-
-
-class UpgradeRejected(ConnectError):
-    """The server answered the HTTP upgrade with a status other than 101.
-
-    Retryable like any :class:`ConnectError` (a token may be refreshed, a 503 may pass); only
-    :class:`TLSError` is not.
-
-    Attributes:
-        status_code: the HTTP status the server answered with.
-    """
-
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-    def __reduce__(self) -> tuple[type[UpgradeRejected], tuple[str, int]]:
-        return type(self), (str(self), self.status_code)
 
 
 class _Cancelled(Exception):

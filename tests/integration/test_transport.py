@@ -21,15 +21,13 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.integration._proxy import ConnectProxy
-from wsync._errors import ConnectError
+from wsync._errors import ConnectError, TLSError, UpgradeRejected
 from wsync._framing import _BufferedSocket
 from wsync._transport import (
     Connector,
     MalformedFrame,
-    TLSError,
     Transport,
     TransportClosed,
-    UpgradeRejected,
     is_loopback_host,
     redact_url,
     validate_url,

@@ -25,6 +25,7 @@ PUBLIC_NAMES = {
     "WsyncError",
     "ConnectError",
     "ConnectTimeout",
+    "DeliveryError",
     "HandshakeError",
     "ResponseTimeout",
     "ClientClosed",
@@ -97,7 +98,11 @@ class TestPackage:
         """The py.typed marker sits beside the package's code."""
         assert importlib.resources.files("wsync").joinpath("py.typed").is_file()
 
-    def test_library_logger_has_null_handler(self) -> None:
-        """The 'wsync' logger has a NullHandler, so the library prints nothing unconfigured."""
-        handlers = logging.getLogger("wsync").handlers
-        assert any(isinstance(h, logging.NullHandler) for h in handlers)
+    def test_library_logger_has_no_handler(self) -> None:
+        """The 'wsync' logger has no handler, not even a NullHandler: warnings reach stderr unconfigured."""
+        assert logging.getLogger("wsync").handlers == []
+
+    @pytest.mark.parametrize("name", ["ConnectError", "ConnectTimeout", "DeliveryError", "ServerError"])
+    def test_errors_say_wsync_as_their_module(self, name: str) -> None:
+        """Public exceptions show as wsync.X in tracebacks, not as a private module path."""
+        assert getattr(wsync, name).__module__ == "wsync"
