@@ -29,9 +29,10 @@ from wsync._errors import (
     ConnectError,
     HandshakeError,
     ServerError,
+    TLSError,
+    UpgradeRejected,
     WsyncError,
 )
-from wsync._errors import TLSError, UpgradeRejected
 from wsync._transport import is_loopback_host, validate_url
 from wsync._values import validate_client_id
 

@@ -32,19 +32,19 @@ from typing import Final
 import attrs
 
 __all__ = [
+    "PHASES",
     "ClientClosed",
     "ConnectError",
     "ConnectTimeout",
     "DeliveryError",
     "HandshakeError",
-    "PHASES",
-    "TLSError",
-    "UpgradeRejected",
     "OutboxError",
     "ProtocolError",
     "QueueFull",
     "ResponseTimeout",
     "ServerError",
+    "TLSError",
+    "UpgradeRejected",
     "WsyncError",
 ]
 

@@ -99,10 +99,12 @@ class TestPackage:
         assert importlib.resources.files("wsync").joinpath("py.typed").is_file()
 
     def test_library_logger_has_no_handler(self) -> None:
-        """The 'wsync' logger has no handler, not even a NullHandler: warnings reach stderr unconfigured."""
+        """The 'wsync' logger has no handler, not even a NullHandler: warnings reach stderr."""
         assert logging.getLogger("wsync").handlers == []
 
-    @pytest.mark.parametrize("name", ["ConnectError", "ConnectTimeout", "DeliveryError", "ServerError"])
+    @pytest.mark.parametrize(
+        "name", ["ConnectError", "ConnectTimeout", "DeliveryError", "ServerError"]
+    )
     def test_errors_say_wsync_as_their_module(self, name: str) -> None:
         """Public exceptions show as wsync.X in tracebacks, not as a private module path."""
         assert getattr(wsync, name).__module__ == "wsync"
