@@ -529,13 +529,15 @@ class Machine:
         elif status is Status.PENDING:
             if self.attempt_deadline is not None and now >= self.attempt_deadline:
                 error = ConnectError(
-                    f"no connect_confirm within connect_timeout={self.connect_timeout:g} s"
+                    f"no connect_confirm within connect_timeout={self.connect_timeout:g} s",
+                    phase="confirm",
                 )
                 self._attempt_failed(error, now, actions)
         elif status is Status.CONFIRMED:
             if self.dead_at is not None and now >= self.dead_at:
                 error = ConnectError(
-                    f"no pong for heartbeat_timeout={self.heartbeat_timeout:g} s"
+                    f"no pong for heartbeat_timeout={self.heartbeat_timeout:g} s",
+                    phase="heartbeat",
                 )
                 self._connection_lost(error, now, actions)
             elif self.next_ping_at is not None and now >= self.next_ping_at:
