@@ -119,7 +119,7 @@ def test_notebook_runs_against_a_given_url(
 LEAKY_CELLS = [
     "import threading, wsync\n"
     "def writers():\n"
-    "    return sum(t.name == 'wsync-writer' for t in threading.enumerate())",
+    "    return sum(t.name.startswith('wsync-writer-') for t in threading.enumerate())",
     # Run twice, like a cell run again: the first client is forgotten, never closed.
     "client = wsync.Client(URL, client_id='rerun')\nstate = client.connect(timeout=10)",
     "client = wsync.Client(URL, client_id='rerun')\nstate = client.connect(timeout=10)",

@@ -26,7 +26,12 @@ class Backoff:
     The delay before attempt ``n`` (1-based) is
     ``min(initial * factor ** (n - 1), max_delay)``, then moved by up to
     ``± jitter`` of itself at random. The defaults give 1, 2, 4, 8, 16 s and
-    at most 5 attempts. The count starts again after every confirmed connection.
+    at most 5 attempts.
+
+    The count starts again only once a confirmed connection has proven itself: it received
+    a response or a pong, or stayed CONFIRMED for ``reset_after`` seconds. A server that
+    confirms and then closes at once (revoked credentials, a crash loop) is a failed attempt:
+    the delays grow and the policy gives up after ``max_attempts``.
 
     Args:
         initial: delay before the first attempt, seconds (>= 0).
@@ -35,6 +40,8 @@ class Backoff:
         max_attempts: attempts before giving up; None retries forever; 0 never
             reconnects on its own.
         jitter: fraction in [0, 1] by which each delay may move either way.
+        reset_after: seconds CONFIRMED after which a connection counts as proven even
+            without a response or pong (>= 0).
 
     Raises:
         TypeError, ValueError: at construction, for a value of the wrong type or range.
@@ -45,12 +52,15 @@ class Backoff:
     max_delay: float = 16.0
     max_attempts: int | None = 5
     jitter: float = 0.0
+    reset_after: float = 10.0
 
     def __attrs_post_init__(self) -> None:
         initial = _number("initial", self.initial)
         factor = _number("factor", self.factor)
         max_delay = _number("max_delay", self.max_delay)
         jitter = _number("jitter", self.jitter)
+        if _number("reset_after", self.reset_after) < 0:
+            raise ValueError(f"reset_after must be >= 0, got {self.reset_after!r}")
         if initial < 0:
             raise ValueError(f"initial must be >= 0, got {initial!r}")
         if factor < 1:

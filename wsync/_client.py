@@ -8,6 +8,7 @@ open is closed with a short bound: wsync never keeps a process alive.
 
 from __future__ import annotations
 
+import logging
 import math
 import ssl
 import uuid
@@ -18,21 +19,27 @@ from types import TracebackType
 from typing import Any, Final
 
 from wsync._backoff import Backoff
-from wsync._engine import Callbacks, Engine
-from wsync._errors import ServerError
+from wsync._dispatch import Callbacks
+from wsync._engine import Engine
 from wsync._futures import MessageFuture
 from wsync._outbox import Outbox
-from wsync._transport import Connector, is_loopback_host, redact_url, validate_url
-from wsync._values import ConnectionState, Stats, validate_client_id
+from wsync._transport import Connector, is_loopback_host, redact_url
+from wsync._values import (
+    ConnectionState,
+    ErrorCallback,
+    ResponseCallback,
+    StateCallback,
+    Stats,
+    validate_client_id,
+)
 from wsync.protocol import Response
 
-__all__ = ["Client", "ErrorCallback", "ResponseCallback", "StateCallback"]
+__all__ = ["Client"]
 
-StateCallback = Callable[[ConnectionState], object]
-ResponseCallback = Callable[[Response], object]
-ErrorCallback = Callable[[ServerError], object]
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_FRAME_SIZE: Final = 1 << 20
+DEFAULT_MAX_SEND_SIZE: Final = 1 << 20
 _MAX_ID_LENGTH: Final = 256
 
 
@@ -61,6 +68,16 @@ def _message_id(value: object) -> str | None:
         raise TypeError(f"message_id must be a str or None, got {type(value).__name__}")
     if not value or len(value) > _MAX_ID_LENGTH:
         raise ValueError(f"message_id must be 1 to {_MAX_ID_LENGTH} characters, got {len(value)}")
+    return value
+
+
+def _optional_count(name: str, value: object, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} or None, got {value}")
     return value
 
 
@@ -94,14 +111,21 @@ class Client:
             ``wsync.SQLiteOutbox(path)`` keeps them on disk across restarts.
         max_queued: at most this many messages waiting to be written; ``send()`` raises
             ``QueueFull`` beyond. None: unbounded.
-        rate_limit: at most this many messages written per second (a token bucket); the
+        rate_limit: at most this many messages written in any one-second window; the
             excess waits in the queue, in order. Heartbeats are never delayed by it.
-        headers: extra HTTP headers for the upgrade request (e.g. ``Authorization``).
+        headers: extra HTTP headers for the upgrade request (e.g. ``Authorization``): a
+            mapping, or a callable returning one, called before every attempt (tokens that
+            expire). An exception it raises fails that attempt (logged without values).
         ssl_context: ``ssl.SSLContext`` for ``wss://`` (a private CA, client certificates);
             default: the system's trust store, verifying certificate and host name.
         proxy: an HTTP proxy, ``"http://host:port"``, tunnelled with CONNECT.
         max_frame_size: incoming frames larger than this many bytes are dropped and counted
             as malformed.
+        max_send_size: the largest encoded ``message`` frame ``send()`` accepts (bytes);
+            larger ones raise ``ValueError``. None: no limit.
+        max_deliveries: a message written on this many connections, each lost before it was
+            answered, fails with ``DeliveryError`` (a poison message) and leaves the queue;
+            None: no limit.
 
     Raises:
         TypeError, ValueError: at construction, for any option of the wrong type or range.
@@ -124,12 +148,19 @@ class Client:
         outbox: Outbox | None = None,
         max_queued: int | None = None,
         rate_limit: float | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         proxy: str | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_send_size: int | None = DEFAULT_MAX_SEND_SIZE,
+        max_deliveries: int | None = 3,
     ) -> None:
-        url = validate_url(url)
+        # The connector checks what it uses (url, ssl_context, headers, proxy, frame size).
+        connector = Connector(
+            url, ssl_context=ssl_context, headers=headers, proxy=proxy,  # type: ignore[arg-type]
+            max_frame_size=max_frame_size,
+        )
+        url = connector.url
         if client_id is None and outbox is not None and not _is_memory(outbox):
             raise ValueError(
                 "a durable outbox needs a fixed client_id: a random one could not claim "
@@ -146,47 +177,19 @@ class Client:
         elif not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a wsync.Backoff, got {type(backoff).__name__}")
         connect_timeout = _positive("connect_timeout", connect_timeout)
-        if max_queued is not None:
-            if isinstance(max_queued, bool) or not isinstance(max_queued, int):
-                raise TypeError(
-                    f"max_queued must be an int or None, got {type(max_queued).__name__}"
-                )
-            if max_queued < 1:
-                raise ValueError(f"max_queued must be >= 1, got {max_queued}")
+        max_queued = _optional_count("max_queued", max_queued, 1)
         if rate_limit is not None:
             rate_limit = _positive("rate_limit", rate_limit)
-        if headers is not None:
-            if not isinstance(headers, Mapping):
-                raise TypeError(f"headers must be a mapping, got {type(headers).__name__}")
-            for key, value in headers.items():
-                if not isinstance(key, str) or not isinstance(value, str):
-                    raise TypeError("headers must map str to str")
-                if any(c in key + value for c in "\r\n\0"):
-                    raise ValueError(f"header {key!r} contains a line break or NUL")
-        if ssl_context is not None:
-            if not isinstance(ssl_context, ssl.SSLContext):
-                raise TypeError(
-                    f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}"
-                )
-            if not url.lower().startswith("wss://"):
-                raise ValueError("ssl_context is given but the URL is not wss://")
-        if proxy is not None:
-            if not isinstance(proxy, str):
-                raise TypeError(f"proxy must be a str or None, got {type(proxy).__name__}")
-            if not proxy.lower().startswith("http://"):
-                raise ValueError("proxy must be an http:// URL")
-        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
-            raise TypeError(f"max_frame_size must be an int, got {type(max_frame_size).__name__}")
-        if max_frame_size < 1:
-            raise ValueError(f"max_frame_size must be >= 1, got {max_frame_size}")
+        max_send_size = _optional_count("max_send_size", max_send_size, 1)
+        max_deliveries = _optional_count("max_deliveries", max_deliveries, 1)
+        if ssl_context is not None and not url.lower().startswith("wss://"):
+            raise ValueError("ssl_context is given but the URL is not wss://")
         if outbox is not None:
-            for method in ("claim", "add", "discard", "release"):
+            for method in ("claim", "add", "discard", "count_deliveries", "release"):
                 if not callable(getattr(outbox, method, None)):
                     raise TypeError(f"outbox must be an Outbox (it has no {method}())")
         if url.lower().startswith("ws://") and not is_loopback_host(url):
-            import logging
-
-            logging.getLogger("wsync").warning(
+            logger.warning(
                 "%s is not encrypted: use wss:// for a host other than loopback",
                 redact_url(url),
             )
@@ -207,10 +210,9 @@ class Client:
             outbox=outbox,
             max_queued=max_queued,
             rate_limit=rate_limit,
-            connector=Connector(
-                url, ssl_context=ssl_context, headers=headers, proxy=proxy,
-                max_frame_size=max_frame_size,
-            ),
+            max_deliveries=max_deliveries,
+            max_send_size=max_send_size,
+            connector=connector,
         )
         self._url = url
         # Closes the engine when this facade is collected; not at exit (the engine's own
@@ -276,20 +278,26 @@ class Client:
         """
         self._engine.reconnect()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Close the connection and stop every thread; idempotent; callable from any thread.
+    def close(self, timeout: float = 5.0, *, flush: bool = True) -> None:
+        """Flush, then close the connection and stop every thread; idempotent; any thread.
 
-        Sends a WebSocket close frame, stops and joins every thread the client started
-        (bounded by ``timeout`` even when the server is stalled), fails pending futures with
-        ``ClientClosed`` and ends in ``Status.CLOSED``. Returns after the CLOSED state
-        callback has run, except when called from a callback (it cannot wait for itself).
-        Messages in an ``SQLiteOutbox`` that were not answered stay in its file.
+        With ``flush`` it first waits, within ``timeout``, for every queued and in-flight
+        message to be answered, as ``flush()`` does (reconnection goes on meanwhile; nothing
+        is waited for when the client is neither connected nor trying). Then it sends a
+        WebSocket close frame, stops and joins every thread the client started, fails the
+        futures still pending with ``ClientClosed`` and ends in ``Status.CLOSED``. Returns
+        within about ``timeout`` + 1 s whatever the server does, after the CLOSED state
+        callback has run (except when called from a callback: it cannot wait for itself);
+        no callback starts after it returns (those still queued at the deadline are dropped).
+        Whenever messages are left unanswered (or callbacks dropped), one WARNING says how
+        many; messages in an ``SQLiteOutbox`` stay in its file for the next run.
 
         Args:
-            timeout: seconds to wait at most.
+            timeout: seconds to wait at most, for the flush and the shutdown together.
+            flush: wait for the answers first (True), or close at once (False).
         """
         bound = _positive("timeout", timeout, allow_zero=True)
-        self._engine.close(bound)
+        self._engine.close(bound, flush=bool(flush))
 
     def __enter__(self) -> Client:
         self.connect()
@@ -301,7 +309,8 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        # Leaving on Ctrl-C: close at once, do not make the user wait for answers.
+        self.close(flush=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))
 
     # --- messages -----------------------------------------------------------------------
 
@@ -321,7 +330,8 @@ class Client:
 
         Raises:
             TypeError: ``content`` is not a ``str``.
-            ValueError: ``message_id`` is already pending (or empty).
+            ValueError: ``message_id`` is already pending (or empty), or the encoded frame
+                is larger than ``max_send_size``; nothing was queued.
             QueueFull: ``max_queued`` messages are waiting already; this one was not queued.
             ClientClosed: the client is closed.
         """

@@ -1,10 +1,16 @@
-"""The callbacks thread: runs user callbacks and slow future resolutions, in order.
+"""The callbacks thread: the only place user code runs, in order.
 
+Its one job: run the user's callbacks (``on_state_change``, ``on_response``,
+``on_error``, listeners, futures' done-callbacks) on the thread ``wsync-callbacks-<n>``.
 User code never runs on the socket-reading thread nor under the client's lock: the
 engine enqueues items while it holds its lock (so they keep the order in which the
 state machine produced them) and this thread runs them after releasing it. One thread
 keeps every callback in order; an exception raised by one is logged and changes nothing.
-The queue shares the client's lock, so enqueueing costs no second lock.
+The queue shares the client's lock, so enqueueing costs no second lock. It must not
+touch the machine, the ledger or a socket.
+
+It also holds :class:`Callbacks`, the user's callables, which the client owns and the
+engine sees only through a weak reference.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Dispatcher"]
+from wsync._values import ErrorCallback, ResponseCallback, StateCallback
+
+__all__ = ["Callbacks", "Dispatcher", "call_each", "changed"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,12 @@ class Dispatcher:
         self._enabled = False
         self._name = name
         self.thread: threading.Thread | None = None
+        self.dropped = 0  # items dropped by cut(): counted in close()'s warning
+        self._cut = False
+
+    def __len__(self) -> int:
+        """How many items wait (caller holds the lock)."""
+        return len(self._items)
 
     def enable(self) -> None:
         """Let the thread start with the first item: a client with nothing to call back never
@@ -69,6 +83,23 @@ class Dispatcher:
         self._stopping = True
         self._cv.notify()
 
+    def accepting(self) -> bool:
+        """Whether items put now will run (not stopping). Caller holds the lock."""
+        return not self._stopping
+
+    def cut(self) -> int:
+        """Drop every item not started yet; return how many. Caller holds the lock.
+
+        ``close()`` calls it at its deadline: after it returns, no further callback runs.
+        """
+        dropped = len(self._items)
+        self._items.clear()
+        self._stopping = True
+        self._cut = True  # the batch being run stops after its current item
+        self.dropped += dropped
+        self._cv.notify()
+        return dropped
+
     def on_thread(self) -> bool:
         """Whether the calling thread is the callbacks thread."""
         return self.thread is not None and threading.current_thread() is self.thread
@@ -90,7 +121,7 @@ class Dispatcher:
                     return
                 batch = self._items
                 self._items = deque()
-            _run_items(batch)
+            self._run_items(batch)
 
     def _run(self) -> None:
         while True:
@@ -101,12 +132,78 @@ class Dispatcher:
                     return
                 batch = self._items
                 self._items = deque()
-            _run_items(batch)
+            self._run_items(batch)
+
+    def _run_items(self, batch: deque[Item]) -> None:
+        while batch:
+            if self._cut:  # close() reached its deadline: nothing more runs
+                with self._lock:
+                    self.dropped += len(batch)
+                return
+            fn, args = batch.popleft()
+            _run_item(fn, args)
 
 
-def _run_items(batch: deque[Item]) -> None:
-    for fn, args in batch:
-        try:
-            fn(*args)
-        except BaseException:  # SystemExit too: the callbacks thread must outlive user code
-            logger.exception("a wsync callback raised; ignored")
+def _run_item(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        logger.exception("a wsync callback raised; ignored")
+    except BaseException:
+        # SystemExit or KeyboardInterrupt raised by a callback: logged at ERROR with its
+        # traceback, and the callbacks thread goes on (the other callbacks and close() rely
+        # on it). It cannot propagate anywhere useful: this thread has no caller.
+        logger.exception("a wsync callback raised a BaseException; ignored")
+
+
+def call_each(
+    first: Callable[[Any], object] | None, more: Sequence[Callable[[Any], object]], arg: Any
+) -> None:
+    """Call ``first`` then each of ``more`` with ``arg``; one that raises does not stop the rest."""
+    for fn in (first, *more):
+        if fn is not None:
+            try:
+                fn(arg)
+            except Exception:
+                logger.exception("a wsync callback raised; ignored")
+
+
+def changed(items: tuple[Any, ...], fn: Any, add: bool) -> tuple[Any, ...]:
+    """``items`` with ``fn`` added, or its first equal removed (a listener added twice is
+    removed once)."""
+    if fn is None:
+        return items
+    if add:
+        return (*items, fn)
+    listed = list(items)
+    if fn in listed:
+        listed.remove(fn)
+    return tuple(listed)
+
+
+class Callbacks:
+    """The user's callbacks. The Client holds this; the engine only a weak reference to it.
+
+    So a callback that refers back to its owner (``self.client = Client(url,
+    on_response=self.handle)``) forms no cycle through the running threads, and a forgotten
+    client can still be collected and closed.
+    """
+
+    __slots__ = (
+        "__weakref__", "on_error", "on_response", "on_state_change",
+        "response_listeners", "state_listeners",
+    )
+
+    def __init__(
+        self,
+        on_state_change: StateCallback | None,
+        on_response: ResponseCallback | None,
+        on_error: ErrorCallback | None,
+    ) -> None:
+        self.on_state_change = on_state_change
+        self.on_response = on_response
+        self.on_error = on_error
+        # Client.add_listener's, called after the callback above. Replaced whole (under the
+        # engine's lock), never changed in place: the callbacks thread reads them unlocked.
+        self.state_listeners: tuple[StateCallback, ...] = ()
+        self.response_listeners: tuple[ResponseCallback, ...] = ()

@@ -1,90 +1,122 @@
-"""The engine: owns the machine, the transport, the outbox and the threads; carries out actions.
+"""The engine: the lock, the machine's actions carried out, and the public operations.
 
-Its one job: the ``Engine`` object's state and lifecycle: construction, carrying out the
-machine's actions (``_apply`` under the lock, ``_carry_out`` outside it), and the public
-operations (connect, send, send_and_wait, flush, reconnect, close). It must not hold the
-thread bodies (``_loops``, which lists the threads and the locking rules) nor standalone
-helpers (``_support``; re-exported here for the code that imports them from this module).
+Its one job: hold the client's lock and state, run one *step* for every event (feed the
+machine under the lock, :meth:`Engine.drain` what it buffered, then
+:meth:`Engine.carry_out` the rest outside the lock), and implement ``connect``,
+``send``, ``send_and_wait``, ``flush``, ``reconnect`` and ``close``. It must not parse
+frames, open sockets (``_handshake``/``_connection``), decide protocol rules (``_machine``),
+keep message bookkeeping (``_ledger``), or run user code (``_dispatch``). The threads'
+bodies live in ``_workers``; the engine creates them with itself as their host.
+
+Locking: one lock, ``lock``. Under it: the machine, the ledger, the dispatcher's queue,
+the map of open connections; no I/O, no user code, no waiting, no future settled.
+Futures are settled outside it (``Future.set_result`` notifies waiters under the future's
+own condition and the callbacks it returns go to the callbacks thread); the durable
+outbox is written outside it.
 """
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
+import itertools
 import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Final
 
-from wsync import protocol
+import attrs
+
+from wsync import _exit, protocol
 from wsync._backoff import Backoff
-from wsync._errors import ClientClosed, ConnectError, ConnectTimeout, ResponseTimeout
-from wsync._futures import MessageFuture
-from wsync._loops import ThreadLoops
+from wsync._dispatch import Callbacks, Dispatcher, call_each, changed
+from wsync._errors import (
+    ClientClosed,
+    ConnectError,
+    ConnectTimeout,
+    HandshakeError,
+    QueueFull,
+    ResponseTimeout,
+    TLSError,
+    WsyncError,
+)
+from wsync._futures import DoneCallback, MessageFuture, run_callbacks
+from wsync._ledger import Entry
 from wsync._machine import (
     Abort,
     Action,
-    Entry,
+    CountDeliveries,
     Fail,
     Forget,
+    Log,
     Machine,
     Notify,
     OnError,
     OnResponse,
     Open,
     Resolve,
+    Wake,
 )
 from wsync._outbox import MemoryOutbox, Outbox
-from wsync._support import (
-    CLOSE_HANDSHAKE,
-    MALFORMED_WARNINGS,
-    MALFORMED_WINDOW,
-    Callbacks,
-    Clock,
-    Deadline,
-    ErrorCallback,
+from wsync._timers import Clock, Deadline
+from wsync._transport import Connector, Transport, TransportClosed, redact_url
+from wsync._values import (
+    ConnectionState,
     ResponseCallback,
     StateCallback,
-    _call_each,
-    _changed,
-    _MalformedLog,
+    Stats,
+    Status,
     uuid4_text,
 )
-from wsync._transport import Connector, Transport, redact_url
-from wsync._values import ConnectionState, Stats, Status
+from wsync._workers import MalformedLog, Reader, Timer, Writer, lost_error
 from wsync.protocol import Response
 
-__all__ = [
-    "CLOSE_HANDSHAKE",
-    "MALFORMED_WARNINGS",
-    "MALFORMED_WINDOW",
-    "Callbacks",
-    "Clock",
-    "ConnectError",
-    "Deadline",
-    "Engine",
-    "ErrorCallback",
-    "ResponseCallback",
-    "StateCallback",
-    "uuid4_text",
-]
+__all__ = ["CLOSE_HANDSHAKE", "Engine"]
 
-logger = logging.getLogger("wsync")
+logger = logging.getLogger(__name__)
 
+# How long close() lets the server answer our close frame before tearing the socket down.
+CLOSE_HANDSHAKE: Final = 1.0
+# Interpreter exit: every open client is flushed and closed within this, all together.
+EXIT_TIMEOUT: Final = 5.0
+
+_numbers = itertools.count(1)  # client numbers, for thread names unique in the process
 _live: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def _close_all_at_exit() -> None:
-    for engine in list(_live):
-        engine.close(timeout=1.0)
+    """Flush and close every open client, all within EXIT_TIMEOUT together."""
+    engines = [e for e in list(_live) if e.owned()]
+    deadline = Deadline(EXIT_TIMEOUT)
+    for engine in engines:  # they drain in parallel; each wait takes what is left
+        engine.flush_for_close(deadline)
+    for engine in engines:
+        engine.close(max(0.1, deadline.remaining() or 0.0), flush=False)
 
 
-atexit.register(_close_all_at_exit)
+def _forget_inherited() -> None:
+    """In a forked child: the parent's clients are not ours (see Engine.owned)."""
+    _live.clear()
 
 
-class Engine(ThreadLoops):
+_exit.register(_close_all_at_exit, after_fork_in_child=_forget_inherited)
+
+
+@attrs.define
+class _Teardown:
+    """Abort ``transport`` (popped from the open connections under the lock)."""
+
+    transport: Transport
+    generation: int
+    reason: str
+
+
+_Later = list[Action | _Teardown]
+
+
+class Engine:
     """Everything a ``Client`` does, minus argument checking and the public docstrings.
 
     ``Client`` is a thin facade over this object, so that a forgotten client can be
@@ -104,189 +136,281 @@ class Engine(ThreadLoops):
         outbox: Outbox | None,
         max_queued: int | None,
         rate_limit: float | None,
+        max_deliveries: int | None,
+        max_send_size: int | None,
         connector: Connector,
         clock: Clock = time.monotonic,
     ) -> None:
         self.url = url
         self.client_id = client_id
+        self.clock = clock
+        self.number = next(_numbers)
+        self._pid = os.getpid()
         self._callbacks = weakref.ref(callbacks)
         self._has_on_state_change = callbacks.on_state_change is not None
         self._has_on_response = callbacks.on_response is not None
         self._has_on_error = callbacks.on_error is not None
         self._max_queued = max_queued
-        self._clock = clock
+        self._max_send_size = max_send_size
         self._connector = connector
 
-        self._lock = threading.Lock()  # guards everything below that changes
-        self._timer_cv = threading.Condition(self._lock)
-        self._writer_cv = threading.Condition(self._lock)
-        self._state_cv = threading.Condition(self._lock)  # connect()/flush() waiters
-        self._machine = Machine(
+        self.lock = threading.Lock()  # guards everything below that changes
+        # Guards MessageFuture state changes and their done-callback lists (FutureOwner).
+        self.resolve_lock = threading.Lock()
+        self._state_cv = threading.Condition(self.lock)  # connect()/flush() waiters
+        self._outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
+        self._durable = not isinstance(self._outbox, MemoryOutbox)
+        self.machine = Machine(
             client_id=client_id,
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             backoff=backoff,
             connect_timeout=connect_timeout,
             rate_limit=rate_limit,
+            max_deliveries=max_deliveries,
+            durable=self._durable,
             now=clock(),
         )
-        from wsync._dispatch import Dispatcher
-
-        self._dispatch = Dispatcher(self._lock)
+        n = self.number
+        self._dispatch = Dispatcher(self.lock, name=f"wsync-callbacks-{n}")
+        self._writer = Writer(self, name=f"wsync-writer-{n}")
+        self._timer = Timer(self, name=f"wsync-timer-{n}")
+        self._started = False
         self._transports: dict[int, Transport] = {}
         self._opening: int | None = None  # generation of the open in flight
         self._readers: list[threading.Thread] = []
-        self._writer: threading.Thread | None = None
-        self._timer: threading.Thread | None = None
-        # Who writes on the socket right now: None, "writer" (a batch) or "inline" (a send()
-        # on the fast path). One at a time, so frames leave in the order they were taken.
-        self._write_owner: str | None = None
+        self._threads: set[threading.Thread] = set()  # every thread this client started
+        self._resolving = 0  # futures being settled outside the lock (flush waits for them)
         self._closing = False
-        self._closing_transports: list[Transport] = []  # get a close frame from the writer
         self._closed_event = threading.Event()
-        self._malformed_log = _MalformedLog()
+        self._malformed_log = MalformedLog()
         self._forget_buffer: list[str] = []
         self._forget_scheduled = False
-
-        self._outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
-        self._durable = not isinstance(self._outbox, MemoryOutbox)
         self._reserved: set[str] = set()  # durable sends between their check and enqueue
         self._forget_lock = threading.Lock()  # held while the outbox forgets a batch
+
         leftovers = self._outbox.claim(client_id)
         for stored in leftovers:
-            self._machine.send(self._new_entry(stored.message_id, stored.content))
+            text = protocol.encode_message_now(
+                client_id=client_id, message_id=stored.message_id, content=stored.content
+            )
+            future = MessageFuture(stored.message_id, self)
+            self.machine.send(Entry(stored.message_id, text, future, stored.deliveries), 0.0)
+        self.machine.drain()
         if leftovers:
             logger.info("%d unanswered messages from the outbox will be sent first", len(leftovers))
         _live.add(self)
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _new_entry(self, message_id: str, content: str) -> Entry:
-        text = protocol.encode_message_now(
-            client_id=self.client_id, message_id=message_id, content=content
-        )
-        return Entry(message_id, content, text, MessageFuture(message_id, self._cancelled))
+    def owned(self) -> bool:
+        """Whether this process owns the client (False in a forked child)."""
+        return self._pid == os.getpid()
 
-    def _ensure_threads(self) -> None:
-        """Start the writer, timer and callbacks threads once. Caller holds self._lock."""
-        assert self._lock.locked()
-        if self._writer is not None:
+    def _check_owned(self) -> None:
+        """Raise in a forked child, before any lock is taken (a lock held by a thread of
+        the parent at the fork is held for ever in the child)."""
+        if self._pid != os.getpid():
+            raise WsyncError(
+                f"this client belongs to process {self._pid} (it was inherited through "
+                "fork()): make a new Client in this process"
+            )
+
+    def _own_thread(self) -> bool:
+        return threading.current_thread() in self._threads
+
+    def _start_threads(self) -> None:
+        """Start the writer, timer and callbacks threads once. Caller holds self.lock."""
+        if self._started:
             return
+        self._started = True
         self._dispatch.enable()
-        self._writer = threading.Thread(target=self._writer_main, name="wsync-writer", daemon=True)
-        self._timer = threading.Thread(target=self._timer_main, name="wsync-timer", daemon=True)
-        self._writer.start()
-        self._timer.start()
+        for thread in (self._writer.thread, self._timer.thread):
+            self._threads.add(thread)
+            thread.start()
 
-    def _apply(self, actions: list[Action]) -> list[tuple[Action, Transport | None]]:
-        """Carry out what can be done under the lock; return the rest. Caller holds self._lock."""
-        later: list[tuple[Action, Transport | None]] = []
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def transport(self, generation: int) -> Transport | None:
+        """Caller holds self.lock."""
+        return self._transports.get(generation)
+
+    # --- one step: drain under the lock, carry out outside it ----------------------------
+
+    def drain(self) -> _Later:
+        """Carry out what can be done under the lock; return the rest. Caller holds self.lock."""
+        later: _Later = []
         dispatch = self._dispatch
-        for action in actions:
-            kind = type(action)
-            if kind is Resolve:
-                assert isinstance(action, Resolve)
-                future = action.entry.future
-                if not future.try_set_result_fast(action.response):
-                    dispatch.put(future.set_result_safe, action.response)
-            elif kind is OnResponse:
-                if self._has_on_response:
-                    assert isinstance(action, OnResponse)
-                    dispatch.put(self._call_on_response, action.response)
-            elif kind is Forget:
-                if self._durable:
-                    assert isinstance(action, Forget)
-                    self._forget_buffer.extend(action.message_ids)
+        for action in self.machine.drain():
+            match action:
+                case Wake.WRITER:
+                    self._writer.wake()
+                case Wake.TIMER:
+                    self._timer.wake()
+                case Wake.WAITERS:
+                    self._state_cv.notify_all()
+                case Resolve() | Fail():
+                    self._resolving += 1
+                    later.append(action)
+                case OnResponse(response=response):
+                    if self._has_on_response:
+                        dispatch.put(self._call_on_response, response)
+                case Notify(state=state):
+                    later.append(Log(logging.DEBUG, f"state: {state.status.value}"))
+                    if self._has_on_state_change:
+                        dispatch.put(self._call_on_state_change, state)
+                case OnError(error=error):
+                    if self._has_on_error:
+                        dispatch.put(self._call_on_error, error)
+                case Forget(message_ids=ids):
+                    self._forget_buffer.extend(ids)
                     if not self._forget_scheduled:
                         self._forget_scheduled = True
                         dispatch.put(self._flush_forgets)
-            elif kind is Notify:
-                assert isinstance(action, Notify)
-                if action.state.status is Status.CONNECTING:
-                    logger.debug("connecting (attempt %d)", action.state.attempt)
-                elif action.state.status is Status.DISCONNECTED and action.state.error:
-                    logger.info("disconnected: %s", action.state.error)
-                else:
-                    logger.info("%s", action.state.status.value)
-                if self._has_on_state_change:
-                    dispatch.put(self._call_on_state_change, action.state)
-            elif kind is Fail:
-                assert isinstance(action, Fail)
-                if self._durable and action.final:
-                    # Out of the file first, then the user is told: a process killed in
-                    # between must not send a message its user was told never goes out.
-                    later.append((action, None))
-                else:
-                    self._fail(action)
-            elif kind is OnError:
-                if self._has_on_error:
-                    assert isinstance(action, OnError)
-                    dispatch.put(self._call_on_error, action.error)
-            elif kind is Abort:
-                assert isinstance(action, Abort)
-                later.append((action, self._transports.pop(action.generation, None)))
-            else:
-                later.append((action, None))
-        machine = self._machine
-        if machine.wake_writer:
-            machine.wake_writer = False
-            self._writer_cv.notify()
-        if machine.wake_timer:
-            machine.wake_timer = False
-            self._timer_cv.notify()
-        if machine.wake_waiters:
-            machine.wake_waiters = False
-            self._state_cv.notify_all()
+                case CountDeliveries(message_ids=ids):
+                    dispatch.put(self._count_deliveries, ids)
+                case Abort(generation=generation, reason=reason):
+                    transport = self._transports.pop(generation, None)
+                    if transport is None:
+                        later.append(action)  # an open in flight: cancel it
+                    elif self._closing:
+                        self._writer.closing_transports.append(transport)  # close frame first
+                    else:
+                        later.append(_Teardown(transport, generation, reason))
+                case _:
+                    later.append(action)
         return later
 
-    def _fail(self, action: Fail) -> None:
-        """Fail the futures. Caller holds self._lock."""
-        for entry in action.entries:
-            error = action.error()
-            if not entry.future.try_set_exception_fast(error):
-                self._dispatch.put(entry.future.set_exception_safe, error)
+    def carry_out(self, later: _Later) -> None:
+        """Carry out the actions ``drain`` left: I/O and futures. Caller does not hold the lock."""
+        settled = 0
+        try:
+            for action in later:
+                match action:
+                    case Resolve(entry=entry, response=response):
+                        settled += 1
+                        self._settle(entry.future, response, None)
+                    case Fail(entries=entries, error=error, final=final):
+                        settled += 1
+                        if self._durable and final:
+                            # Out of the file first, then the user is told: a process killed
+                            # in between must not send a message its user was told never
+                            # goes out.
+                            self._discard_now([e.message_id for e in entries])
+                        for entry in entries:
+                            self._settle(entry.future, None, error())
+                    case _Teardown(transport=transport, generation=generation, reason=reason):
+                        logger.debug("aborting connection %d: %s", generation, reason)
+                        transport.abort()
+                    case Abort(generation=generation):
+                        with self.lock:
+                            # Only the attempt still in flight; cancel() never blocks.
+                            if self._opening == generation:
+                                self._connector.cancel()
+                    case Open():
+                        self._open(action)
+                    case Log(level=level, message=message):
+                        logger.log(level, "%s", message)
+        finally:
+            if settled:
+                with self.lock:
+                    self._resolving -= settled
+                    if not self._resolving:
+                        self._state_cv.notify_all()
+
+    def _settle(
+        self, future: MessageFuture, response: Response | None, error: BaseException | None
+    ) -> None:
+        """Finish a future here; its done-callbacks go to the callbacks thread."""
+        callbacks = future.settle(response, error)
+        if callbacks:
+            with self.lock:
+                if self._dispatch.accepting():
+                    self._dispatch.put(run_callbacks, future, callbacks)
+                    return
+            self._run_done_callbacks(future, callbacks)
+
+    def _run_done_callbacks(self, future: MessageFuture, callbacks: list[DoneCallback]) -> None:
+        """No callbacks thread takes them (closing): run them here, unless on a reader."""
+        if threading.current_thread() in self._readers:
+            logger.warning("dropped %d done-callbacks of a future at close", len(callbacks))
+            return
+        run_callbacks(future, callbacks)
 
     def _discard_now(self, message_ids: Sequence[str]) -> None:
-        """Remove messages from the durable outbox in this thread. Caller does not hold _lock."""
+        """Remove messages from the durable outbox in this thread. Caller does not hold lock."""
         try:
             self._outbox.discard(message_ids)
         except Exception:
             logger.exception("could not remove %d messages from the outbox", len(message_ids))
 
-    def _carry_out(self, later: list[tuple[Action, Transport | None]]) -> None:
-        """Carry out actions that do I/O. Caller does not hold self._lock."""
-        for action, transport in later:
-            if type(action) is Fail:
-                assert isinstance(action, Fail)
-                self._discard_now([e.message_id for e in action.entries])
-                with self._lock:
-                    self._fail(action)
-                continue
-            if type(action) is Abort:
-                assert isinstance(action, Abort)
-                if transport is not None:
-                    logger.debug("aborting connection %d: %s", action.generation, action.reason)
-                    transport.abort()
-                else:
-                    with self._lock:
-                        # Only the attempt still in flight; cancel() never blocks.
-                        if self._opening == action.generation:
-                            self._connector.cancel()
-            elif type(action) is Open:
-                assert isinstance(action, Open)
-                self._open(action)
+    # --- the timer thread's open ----------------------------------------------------------
 
-    # On the callbacks thread: look the callback up now (the client may be gone).
+    def _open(self, action: Open) -> None:
+        """On the timer thread: one bounded attempt to open a socket."""
+        generation = action.generation
+        # A cancel aimed at an earlier attempt that had already finished must not fail this
+        # one; close() cancels after setting _closing, which is checked below.
+        self._connector.reset()
+        with self.lock:
+            if self._closing or generation != self.machine.generation:
+                return
+            self._opening = generation
+        try:
+            transport = self._connector.open(action.timeout)
+        except ConnectError as error:
+            with self.lock:
+                self._opening = None
+                self.machine.on_open_failed(
+                    generation, error, self.clock(), retryable=not isinstance(error, TLSError)
+                )
+                failed = self.drain()
+            self.carry_out(failed)
+            return
+        except BaseException:
+            with self.lock:
+                self._opening = None
+            raise
+        with self.lock:
+            self._opening = None
+            if self._closing or not self.machine.on_open_succeeded(generation, self.clock()):
+                # close() or reconnect() came in while opening: this socket is stale.
+                later: _Later = [_Teardown(transport, generation, "superseded")]
+            else:
+                self._transports[generation] = transport
+                reader = Reader(
+                    self,
+                    generation,
+                    transport,
+                    self._malformed_log,
+                    name=f"wsync-reader-{self.number}.{generation}",
+                )
+                self._readers = [r for r in self._readers if r.is_alive()]
+                self._readers.append(reader.thread)
+                self._threads = {t for t in self._threads if t.is_alive()}
+                self._threads.add(reader.thread)
+                reader.thread.start()
+                later = self.drain()
+        self.carry_out(later)
+
+    # --- callbacks (on the callbacks thread: look the callback up now, the client may be gone)
 
     def _call_on_state_change(self, state: ConnectionState) -> None:
         callbacks = self._callbacks()
         if callbacks is not None:
-            _call_each(callbacks.on_state_change, callbacks.state_listeners, state)
+            call_each(callbacks.on_state_change, callbacks.state_listeners, state)
 
     def _call_on_response(self, response: Response) -> None:
         callbacks = self._callbacks()
         if callbacks is not None:
-            _call_each(callbacks.on_response, callbacks.response_listeners, response)
+            call_each(callbacks.on_response, callbacks.response_listeners, response)
+
+    def _call_on_error(self, error: object) -> None:
+        callbacks = self._callbacks()
+        if callbacks is not None:
+            call_each(callbacks.on_error, (), error)
 
     def change_listeners(
         self,
@@ -299,9 +423,9 @@ class Engine(ThreadLoops):
         callbacks = self._callbacks()
         if callbacks is None:
             return
-        with self._lock:
-            callbacks.state_listeners = _changed(callbacks.state_listeners, on_state_change, add)
-            callbacks.response_listeners = _changed(
+        with self.lock:
+            callbacks.state_listeners = changed(callbacks.state_listeners, on_state_change, add)
+            callbacks.response_listeners = changed(
                 callbacks.response_listeners, on_response, add
             )
             self._has_on_state_change = (
@@ -311,15 +435,12 @@ class Engine(ThreadLoops):
                 callbacks.on_response is not None or bool(callbacks.response_listeners)
             )
 
-    def _call_on_error(self, error: Any) -> None:
-        callbacks = self._callbacks()
-        if callbacks is not None and callbacks.on_error is not None:
-            callbacks.on_error(error)
+    # --- the durable outbox (on the callbacks thread) ---------------------------------------
 
     def _flush_forgets(self) -> None:
-        """Remove answered/failed messages from the durable outbox (on the callbacks thread)."""
+        """Remove answered/failed messages from the durable outbox."""
         with self._forget_lock:
-            with self._lock:
+            with self.lock:
                 ids = self._forget_buffer
                 self._forget_buffer = []
                 self._forget_scheduled = False
@@ -331,105 +452,187 @@ class Engine(ThreadLoops):
                         "could not remove %d answered messages from the outbox", len(ids)
                     )
 
-    def _cancelled(self, future: MessageFuture) -> None:
-        """A MessageFuture was cancelled (in the canceller's thread)."""
-        with self._lock:
-            holder = self._machine.pending.get(future.message_id)
-            reused = holder is not None and holder.future is not future  # a newer message's id
-            later = self._apply(self._machine.discard(future.message_id, future))
-        self._carry_out(later)
-        if self._durable and not reused:
-            # Out of the file before anyone sees the future cancelled (see MessageFuture.cancel).
+    def _count_deliveries(self, message_ids: tuple[str, ...]) -> None:
+        try:
+            self._outbox.count_deliveries(message_ids)
+        except Exception:
+            logger.exception("could not count deliveries of %d messages", len(message_ids))
+
+    # --- FutureOwner ------------------------------------------------------------------------
+
+    def withdraw(self, future: MessageFuture) -> bool:
+        """A MessageFuture is being cancelled (in the canceller's thread): withdraw its message.
+
+        False when the message is being written or was written: the cancel must fail.
+        """
+        self._check_owned()
+        with self.lock:
+            entry = self.machine.ledger.get(future.message_id)
+            if entry is None or entry.future is not future:
+                return True  # not ours any more (done, or failed): Future.cancel() decides
+            if self.machine.withdraw(future.message_id, future) is None:
+                return False  # being written, or written before: too late to cancel
+            later = self.drain()
+        self.carry_out(later)
+        if self._durable:
+            # Out of the file before anyone sees the future cancelled.
             self._discard_now([future.message_id])
+        return True
 
     # --- public operations ----------------------------------------------------------------
 
     @property
     def state(self) -> ConnectionState:
-        return self._machine.state
-
-    @property
-    def closing(self) -> bool:
-        return self._closing
+        return self.machine.state
 
     def stats(self) -> Stats:
-        with self._lock:
-            return self._machine.stats()
+        self._check_owned()
+        with self.lock:
+            return self.machine.stats()
 
     def connect(self, timeout: float | None, wait: bool) -> ConnectionState:
+        self._check_owned()
         deadline = Deadline(timeout)
-        with self._lock:
+        machine = self.machine
+        with self.lock:
             if self._closing:
                 raise ClientClosed("client is closed")
-            self._ensure_threads()
-            machine = self._machine
-            later = self._apply(machine.connect(self._clock()))
+            self._start_threads()
+            machine.connect(self.clock())
+            later = self.drain()
             confirms, giveups = machine.confirms, machine.giveups
-        self._carry_out(later)
+        self.carry_out(later)
         if not wait:
             return machine.state
-        with self._lock:
+        with self.lock:
             while True:
                 if machine.status is Status.CONFIRMED or machine.confirms > confirms:
                     return machine.state
                 if machine.giveups > giveups and machine.give_up_error is not None:
                     given_up = machine.give_up_error
-                    error = type(given_up)(str(given_up))
-                    raise error from given_up.__cause__
+                    cls = HandshakeError if isinstance(given_up, HandshakeError) else ConnectError
+                    phase = getattr(given_up, "phase", None)
+                    raise cls(str(given_up), phase=phase) from given_up.__cause__
                 if self._closing:
                     raise ClientClosed("client was closed while connecting")
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
                     cause = machine.last_failure
+                    why = str(cause) if cause is not None else "no attempt finished in time"
                     timeout_error = ConnectTimeout(
-                        f"not confirmed within {timeout:g} s: {redact_url(self.url)}"
+                        f"not confirmed within {timeout:g} s: {why}",
+                        phase=getattr(cause, "phase", None),
                     )
                     timeout_error.__cause__ = cause
-                    later = self._apply(machine.stop_trying(self._clock(), timeout_error))
+                    machine.stop_trying(self.clock(), timeout_error)
+                    later = self.drain()
                     break
                 self._state_cv.wait(remaining)
-        self._carry_out(later)
+        self.carry_out(later)
         raise timeout_error
 
     def reconnect(self) -> None:
-        with self._lock:
+        self._check_owned()
+        with self.lock:
             if self._closing:
                 raise ClientClosed("client is closed")
-            self._ensure_threads()
-            later = self._apply(self._machine.reconnect(self._clock()))
-        self._carry_out(later)
+            self._start_threads()
+            self.machine.reconnect(self.clock())
+            later = self.drain()
+        self.carry_out(later)
 
     def send(self, content: str, message_id: str | None) -> MessageFuture:
+        self._check_owned()
         mid = uuid4_text() if message_id is None else message_id
-        entry = self._new_entry(mid, content)
+        text = protocol.encode_message_now(
+            client_id=self.client_id, message_id=mid, content=content
+        )
+        # encode() writes ASCII JSON: characters are bytes.
+        if self._max_send_size is not None and len(text) > self._max_send_size:
+            raise ValueError(
+                f"message {mid} is {len(text)} bytes encoded, over "
+                f"max_send_size={self._max_send_size}"
+            )
+        entry = Entry(mid, text, MessageFuture(mid, self))
         if self._durable:
             return self._send_durable(entry, content)
-        with self._lock:
-            self._check_can_send(mid)
-            if self._write_owner is None:
-                inline = self._machine.send_inline(entry, self._clock())
-            else:
-                self._machine.send(entry)
-                inline = False
+        queued = False
+        try:
+            with self.lock:
+                self._check_can_send(mid)
+                queued = True  # from here on, an exception takes the message back
+                inline = self.machine.send(entry, self.clock(), inline=True)
+                generation = self.machine.generation
+                transport = self._transports.get(generation) if inline else None
+                later = self.drain()
+            if later:
+                self.carry_out(later)
             if inline:
-                self._write_owner = "inline"
-                generation = self._machine.generation
-                transport = self._transports.get(generation)
-            else:
-                if self._machine.wake_writer:
-                    self._machine.wake_writer = False
-                    self._writer_cv.notify()
-                return entry.future
-        self._write_inline(generation, transport, entry)
+                self._write_inline(generation, transport, entry)
+        except BaseException:
+            if queued:
+                self._unsend(entry)
+            raise
         return entry.future
+
+    def _unsend(self, entry: Entry) -> None:
+        """send() is leaving by an exception (Ctrl-C) after queueing: take the message back.
+
+        Withdrawn if still queued (the caller never got its future); one already written
+        stays in flight and is answered as any other (through ``on_response``).
+        """
+        machine = self.machine
+        with self.lock:
+            if machine.ledger.writer is entry:  # the fast path's turn to write, never used
+                machine.not_written(machine.generation, entry, [entry], None, self.clock())
+            machine.withdraw(entry.message_id, entry.future)
+            later = self.drain()
+        self.carry_out(later)
+
+    def _write_inline(self, generation: int, transport: Transport | None, entry: Entry) -> None:
+        """The fast path: write a message from send()'s own thread, no thread hop.
+
+        The ledger gave this call the turn to write; whatever happens (a full socket, a lost
+        connection, a Ctrl-C), ``finally`` gives it back, and a message not written goes
+        back first in line for the writer thread.
+        """
+        written = False
+        error: BaseException | None = None
+        try:
+            if transport is not None:
+                written = transport.try_send_text(entry.text)
+        except BaseException as exc:
+            if isinstance(exc, TransportClosed):
+                error = lost_error("connection lost while writing", exc)
+            else:
+                # Interrupted in the middle of a write: the stream may hold half a frame, so
+                # the connection cannot be trusted; the message is written again after the
+                # reconnect (at-least-once).
+                error = ConnectError("a write was interrupted", phase="connection")
+                if transport is not None:
+                    transport.abort()
+                raise
+        finally:
+            owner = entry
+            with self.lock:
+                if written:
+                    self.machine.written(generation, owner, [entry])
+                else:
+                    self.machine.not_written(generation, owner, [entry], error, self.clock())
+                later = self.drain()
+            if later:
+                self.carry_out(later)
+        if written:
+            entry.future.mark_running()
 
     def _send_durable(self, entry: Entry, content: str) -> MessageFuture:
         """Journal the message before it is queued; concurrent senders share commits."""
         mid = entry.message_id
-        with self._lock:
+        with self.lock:
             self._check_can_send(mid)
             self._reserved.add(mid)
             reused = mid in self._forget_buffer
+        added = keep = False
         try:
             if reused:
                 # The id was answered a moment ago: forget the old row before adding the new.
@@ -439,30 +642,35 @@ class Engine(ThreadLoops):
             # On disk before send() returns, and before the writer can see it. Sends that
             # overlap in time have no order between them; each thread's order is kept.
             self._outbox.add(mid, content)
-        except BaseException:
-            with self._lock:
+            added = True
+            with self.lock:
                 self._reserved.discard(mid)
+                if self._closing:
+                    keep = True  # stays in the file, like any message left unanswered
+                    raise ClientClosed("client is closed")
+                self.machine.send(entry, self.clock())
+                later = self.drain()
+            self.carry_out(later)
+        except BaseException:
+            # Interrupted (or closed) half-way: the caller gets no future, so the message is
+            # not sent: out of the queue and out of the file.
+            with self.lock:
+                self._reserved.discard(mid)
+            self._unsend(entry)
+            if added and not keep:
+                self._discard_now([mid])
             raise
-        with self._lock:
-            self._reserved.discard(mid)
-            if self._closing:
-                raise ClientClosed("client is closed")  # stays in the file, like any unanswered
-            self._machine.send(entry)
-            self._apply([])
         return entry.future
 
     def _check_can_send(self, message_id: str) -> None:
-        """Caller holds self._lock."""
+        """Caller holds self.lock."""
         if self._closing:
             raise ClientClosed("client is closed")
-        if message_id in self._machine.pending or message_id in self._reserved:
+        ledger = self.machine.ledger
+        if message_id in ledger or message_id in self._reserved:
             raise ValueError(f"message_id {message_id!r} is already pending")
-        if self._max_queued is not None and self._machine.queued >= self._max_queued:
-            from wsync._errors import QueueFull
-
-            raise QueueFull(
-                f"{self._machine.queued} messages queued (max_queued={self._max_queued})"
-            )
+        if self._max_queued is not None and ledger.queued >= self._max_queued:
+            raise QueueFull(f"{ledger.queued} messages queued (max_queued={self._max_queued})")
 
     def send_and_wait(
         self, content: str, timeout: float | None, message_id: str | None
@@ -473,30 +681,26 @@ class Engine(ThreadLoops):
         except concurrent.futures.TimeoutError:
             pass
         text = f"no response to message {future.message_id} within {timeout:g} s"
-        with self._lock:
-            machine = self._machine
+        with self.lock:
             # Still queued: withdrawn, never sent. Written: never written again. The future
-            # fails in the same hold of the lock, so a writer holding the entry right now
-            # finds it done and skips it.
-            entry = machine.withdraw(future.message_id) or machine.abandon(future.message_id)
-            later = (
-                self._apply(
-                    [Fail((entry,), lambda: ResponseTimeout(text)), Forget((entry.message_id,))]
-                )
-                if entry is not None
-                else []
-            )
-        self._carry_out(later)
+            # fails in the same step.
+            entry = self.machine.time_out(future.message_id, lambda: ResponseTimeout(text))
+            later = self.drain()
+        self.carry_out(later)
         if entry is None:
             return future.result(0)  # answered (or failed) just now
         raise ResponseTimeout(text)
 
     def flush(self, timeout: float | None) -> bool:
-        deadline = Deadline(timeout)
-        with self._lock:
-            machine = self._machine
+        self._check_owned()
+        return self._flush(Deadline(timeout))
+
+    def _flush(self, deadline: Deadline) -> bool:
+        machine = self.machine
+        with self.lock:
             drained = self._state_cv.wait_for(
-                lambda: not machine.pending or self._closing, deadline.remaining()
+                lambda: (not machine.pending and not self._resolving) or self._closing,
+                deadline.remaining(),
             )
             if self._closing:
                 return not machine.pending  # close() failed them all; nothing runs any more
@@ -507,67 +711,114 @@ class Engine(ThreadLoops):
             barrier = self._dispatch.barrier()
         return barrier.wait(deadline.remaining())
 
-    def close(self, timeout: float | None, *, quiet: bool = False) -> None:
+    def flush_for_close(self, deadline: Deadline) -> None:
+        """close(flush=True): wait for the messages to be answered, if anything can answer them.
+
+        Nothing waits for a client that is not connected and not trying (never connected,
+        gave up, or its connect() timed out): its messages cannot go out.
+        """
+        machine = self.machine
+        with self.lock:
+            if self._closing or not machine.pending:
+                return
+            if not machine.trying and machine.status is not Status.CONFIRMED:
+                return
+        self._flush(deadline)
+
+    def close(self, timeout: float | None, *, flush: bool = True, quiet: bool = False) -> None:
+        if not self.owned():
+            return  # a forked child: the parent's threads and sockets are not ours to touch
         deadline = Deadline(timeout)
         me = threading.current_thread()
-        with self._lock:
+        if flush:
+            self.flush_for_close(deadline)
+        unanswered = 0
+        later: _Later = []
+        with self.lock:
             first = not self._closing
             if first:
                 self._closing = True
-                later = self._apply(self._machine.close())
-                # The machine's Abort is carried out below, after the writer's close frame.
-                self._closing_transports = [t for _, t in later if t is not None]
-                self._closing_transports += self._transports.values()
-                self._transports.clear()
+                self.machine.close()
+                later = self.drain()
                 self._dispatch.stop()
-                self._writer_cv.notify_all()
-                self._timer_cv.notify_all()
+                self._writer.wake_all()
+                self._timer.wake_all()
                 self._state_cv.notify_all()
+                unanswered = sum(
+                    len(a.entries) for a in later if isinstance(a, Fail) and not a.final
+                )
         if not first:
-            if not me.name.startswith("wsync-"):
+            if not self._own_thread():
                 self._closed_event.wait(deadline.remaining())
             return
+        try:
+            self.carry_out(later)  # fails the futures left with ClientClosed
+            self._stop_threads(deadline, me, quiet=quiet)
+        finally:
+            self._report_close(unanswered)
+            _live.discard(self)
+            self._closed_event.set()
+
+    def _stop_threads(self, deadline: Deadline, me: threading.Thread, *, quiet: bool) -> None:
         # The writer sends a close frame and ends; give the server a moment to answer it.
         limit = deadline.remaining()
         grace = CLOSE_HANDSHAKE if limit is None else min(CLOSE_HANDSHAKE, limit / 2)
         grace_deadline = Deadline(grace)
-        writer, timer = self._writer, self._timer
-        if writer is not None and writer is not me:
+        writer, timer = self._writer.thread, self._timer.thread
+        if self._started and writer is not me:
             writer.join(grace_deadline.remaining())
-        with self._lock:
+        with self.lock:
             readers = list(self._readers)
         for reader in readers:
             if reader is not me:
                 reader.join(grace_deadline.remaining())
         # Tear down whatever is left: sockets (wakes readers and a blocked writer), an open.
-        with self._lock:
-            transports = self._closing_transports + list(self._transports.values())
+        with self.lock:
+            transports = self._writer.closing_transports + list(self._transports.values())
             self._transports.clear()
         for transport in transports:
             transport.abort()
         self._connector.cancel()
         stragglers: list[str] = []
-        for thread in (writer, timer, *readers):
-            if thread is None or thread is me:
+        threads = [writer, timer] if self._started else []
+        for thread in (*threads, *readers):
+            if thread is me:
                 continue
             thread.join(deadline.remaining())
             if thread.is_alive():
                 stragglers.append(thread.name)
-        if self._dispatch.thread is None:
-            self._dispatch.drain_inline()  # never connected: run the callbacks here
-        elif not self._dispatch.on_thread():
-            self._dispatch.thread.join(deadline.remaining())
-            if self._dispatch.thread.is_alive():
-                stragglers.append(self._dispatch.thread.name)
-        if self._dispatch.on_thread():
-            with self._lock:
-                self._dispatch.put(self._release_outbox)
+        dispatch = self._dispatch
+        if dispatch.thread is None:
+            dispatch.drain_inline()  # never connected: run the callbacks here
+        elif not dispatch.on_thread():
+            dispatch.thread.join(deadline.remaining())
+            if dispatch.thread.is_alive():
+                with self.lock:
+                    dispatch.cut()  # no callback starts after close() returns
+                stragglers.append(dispatch.thread.name)
+        if dispatch.on_thread():
+            with self.lock:
+                dispatch.put(self._release_outbox)
         else:
             self._release_outbox()
         if stragglers and not quiet:
             logger.warning("close() timed out; still running: %s", ", ".join(stragglers))
-        _live.discard(self)
-        self._closed_event.set()
+
+    def _report_close(self, unanswered: int) -> None:
+        dropped = self._dispatch.dropped
+        if not unanswered and not dropped:
+            return
+        parts = []
+        if unanswered:
+            where = (
+                "they stay in the outbox file for the next client with this client_id"
+                if self._durable
+                else "they failed with ClientClosed"
+            )
+            parts.append(f"{unanswered} messages left unanswered ({where})")
+        if dropped:
+            parts.append(f"{dropped} callbacks dropped at the close deadline")
+        logger.warning("closed %s: %s", redact_url(self.url), "; ".join(parts))
 
     def _release_outbox(self) -> None:
         if self._durable and self._forget_buffer:
@@ -580,17 +831,16 @@ class Engine(ThreadLoops):
     def close_soon(self) -> None:
         """Close a forgotten client (its facade was garbage-collected), without waiting.
 
-        The collector may run in any thread, even one of ours while it holds ``_lock``: so
+        The collector may run in any thread, even one of ours while it holds ``lock``: so
         the close runs in a thread of its own, never in the caller.
         """
-        if not self._closing:
+        if not self._closing and self.owned():
             threading.Thread(
-                target=self._close_forgotten, name="wsync-finalizer", daemon=True
+                target=self._close_forgotten, name=f"wsync-finalizer-{self.number}", daemon=True
             ).start()
 
     def _close_forgotten(self) -> None:
         try:
-            self.close(timeout=1.0, quiet=True)
+            self.close(timeout=1.0, flush=False, quiet=True)
         except Exception:
             logger.exception("internal error while closing a forgotten client")
-

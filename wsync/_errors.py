@@ -46,7 +46,32 @@ __all__ = [
     "TLSError",
     "UpgradeRejected",
     "WsyncError",
+    "network_text",
 ]
+
+#: Text from the network (error frames, close reasons, status lines) is cut to this length.
+NETWORK_TEXT_LIMIT: Final = 200
+
+
+def network_text(text: str, limit: int = NETWORK_TEXT_LIMIT) -> str:
+    """``text`` from the network, safe for a log line or an error message.
+
+    Control characters (and terminal escape sequences with them) are escaped as ``\\xNN``,
+    lone surrogates as ``\\udNNN``, and the result is cut to ``limit`` characters, marked
+    with an ellipsis. A server cannot forge log lines or flood them.
+    """
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class WsyncError(Exception):

@@ -1,142 +1,165 @@
-"""MessageFuture: a ``concurrent.futures.Future[Response]`` that knows its message."""
+"""MessageFuture: a ``concurrent.futures.Future[Response]`` that knows its message.
+
+Its one job: the future ``send()`` returns, built on ``Future``'s public API only. It must
+not read or write ``Future``'s private state (``_state``, ``_condition``, ``_waiters``,
+``_done_callbacks``): it keeps its own done-callbacks instead, so that the engine decides
+which thread runs them (never the one reading the socket), and it asks its owner (the
+engine) before a cancel, so that a message being written cannot be cancelled.
+"""
 
 from __future__ import annotations
 
-import collections
-import contextlib
+import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from wsync.protocol import Response
 
-__all__ = ["MessageFuture"]
+__all__ = ["DoneCallback", "FutureOwner", "MessageFuture", "run_callbacks"]
+
+logger = logging.getLogger(__name__)
+
+DoneCallback = Callable[["MessageFuture"], object]
+
+# Guards the callbacks of futures that have no owner (made by hand, in tests).
+_ORPHAN_LOCK = threading.Lock()
+
+
+class FutureOwner(Protocol):
+    """What a future needs from the client that made it."""
+
+    #: Guards the done-callback lists of every future it owns, and every change of their
+    #: state (a per-client lock, not one per future: memory per queued message counts).
+    #: Held only around the state change and the list swap: no I/O, no user code.
+    resolve_lock: threading.Lock
+
+    def withdraw(self, future: MessageFuture) -> bool:
+        """Withdraw the future's message for a cancel; False once it is being written."""
+        ...
+
+
+def run_callbacks(future: MessageFuture, callbacks: list[DoneCallback]) -> None:
+    """Run done-callbacks as ``Future`` does: each in turn, an exception logged and ignored."""
+    for fn in callbacks:
+        try:
+            fn(future)
+        except Exception:
+            logger.exception("exception calling callback for %r", future)
 
 
 class MessageFuture(Future["Response"]):
     """The pending result of ``Client.send()``: resolves with the message's ``Response``.
 
     It fails with ``ServerError`` (an error frame naming the message), ``ConnectError``
-    (reconnection gave up: the message will never be sent) or ``ClientClosed``.
+    (reconnection gave up: the message will never be sent), ``DeliveryError`` (a poison
+    message), ``ResponseTimeout`` (``send_and_wait`` gave up on it) or ``ClientClosed``.
     ``cancel()`` succeeds only while the message is still queued; it is then never sent.
     Done-callbacks run on the client's callbacks thread (or in the thread that adds them
-    to a future already done), never on the thread that reads the socket.
+    to a future already done, or that cancels it), never on the thread reading the socket.
 
     Attributes:
         message_id: the ``messageId`` of the message.
     """
 
-    def __init__(
-        self, message_id: str, on_cancel: Callable[[MessageFuture], None] | None = None
-    ) -> None:
+    def __init__(self, message_id: str, owner: FutureOwner | None = None) -> None:
         super().__init__()
-        # Future's Condition keeps its waiters in a deque that allocates a 64-slot block at
-        # once (~600 bytes); a future has zero or one waiter, and Condition only appends,
-        # removes, indexes [0] and takes len() of it (CPython 3.10-3.13), all of which a
-        # list does, in 56 bytes. Memory per queued message is a benchmarked target.
-        cond: Any = self._condition
-        if type(cond._waiters) is collections.deque:
-            cond._waiters = []
         self.message_id = message_id
-        self._on_cancel = on_cancel
-        self._cancelling = False  # a cancel() is withdrawing the message right now
+        self._owner = owner
+        # Done-callbacks added while not done: None (none yet), then a list; swapped out
+        # (under the owner's lock) by whoever finishes the future, who then runs them.
+        self._callbacks: list[DoneCallback] | None = None
 
     def __repr__(self) -> str:
-        return f"<MessageFuture {self.message_id} {self._state.lower()}>"
+        if self.cancelled():
+            state = "cancelled"
+        elif self.done():
+            state = "finished"
+        elif self.running():
+            state = "running"
+        else:
+            state = "pending"
+        return f"<MessageFuture {self.message_id} {state}>"
+
+    def _lock(self) -> threading.Lock:
+        return _ORPHAN_LOCK if self._owner is None else self._owner.resolve_lock
+
+    def _take_callbacks(self) -> list[DoneCallback]:
+        """Caller holds the lock and just finished the future."""
+        callbacks = self._callbacks
+        self._callbacks = None
+        return callbacks or []
+
+    # --- the public Future API ------------------------------------------------------------
+
+    def add_done_callback(self, fn: DoneCallback) -> None:
+        """Call ``fn(future)`` once the future is done; at once, here, if it is done already."""
+        with self._lock():
+            if not self.done():
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
+                return
+        run_callbacks(self, [fn])
 
     def cancel(self) -> bool:
-        """Cancel the message if it is still queued; False once it was written.
+        """Cancel the message if it is still queued; False once it is being written or was.
 
-        Thread-safe. A cancelled message leaves the queue (and the durable outbox) before the
-        future is seen as cancelled by anyone: by the time ``result()`` raises
-        ``CancelledError`` in another thread, the message is gone for good.
+        Thread-safe. The message leaves the queue (and a durable outbox) before anyone sees
+        the future cancelled. Done-callbacks run in this thread.
         """
-        # Future.cancel() in three steps (Future's _state/_condition/_invoke_callbacks have been
-        # stable since Python 3.2): claim the cancel under the condition, withdraw the message
-        # with no lock of the future held (the engine takes its own lock, and a durable outbox
-        # writes to disk), then publish CANCELLED and run the callbacks. While the cancel is
-        # claimed, set_running_or_notify_cancel() refuses, so the writer cannot write it. Only
-        # the call that claims it withdraws: cancelling again must not touch a later message
-        # that reuses the id.
-        cond: Any = self._condition
-        with cond:
-            state = self._state
-            if state in ("RUNNING", "FINISHED"):
-                return False
-            if state in ("CANCELLED", "CANCELLED_AND_NOTIFIED") or self._cancelling:
-                return True
-            self._cancelling = True
-        try:
-            if self._on_cancel is not None:
-                self._on_cancel(self)
-        finally:
-            with cond:
-                self._cancelling = False
-                if self._state == "PENDING":
-                    self._state = "CANCELLED"
-                    cond.notify_all()
-                cancelled = self._state in ("CANCELLED", "CANCELLED_AND_NOTIFIED")
-        if cancelled:
-            self._invoke_callbacks()  # type: ignore[attr-defined]
+        owner = self._owner
+        if owner is not None and not self.done() and not owner.withdraw(self):
+            return False
+        with self._lock():
+            first = not self.done()
+            cancelled = super().cancel()
+            callbacks = self._take_callbacks() if cancelled and first else []
+        if callbacks:
+            run_callbacks(self, callbacks)
         return cancelled
 
-    def set_running_or_notify_cancel(self) -> bool:
-        """Mark the message written (the writer calls it just before writing).
+    def set_result(self, result: Response) -> None:
+        """Set the result and run the done-callbacks in this thread (as ``Future`` does)."""
+        callbacks = self.settle(result, None)
+        if callbacks is None:
+            super().set_result(result)  # raises InvalidStateError, as Future does
+        elif callbacks:
+            run_callbacks(self, callbacks)
 
-        False if it was cancelled, or a cancel is under way: it must not be written then.
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Set the exception and run the done-callbacks in this thread."""
+        callbacks = self.settle(None, exception) if exception is not None else None
+        if callbacks is None:
+            super().set_exception(exception)
+        elif callbacks:
+            run_callbacks(self, callbacks)
+
+    # --- for the engine -------------------------------------------------------------------
+
+    def settle(
+        self, result: Response | None, error: BaseException | None
+    ) -> list[DoneCallback] | None:
+        """Finish the future with ``result`` (or ``error``) unless it is done already.
+
+        Runs no callback: returns those to run (the caller picks the thread), or None when
+        the future was done already (answered, failed or cancelled before).
         """
-        cond: Any = self._condition
-        with cond:
-            if self._cancelling:
-                return False
-            return super().set_running_or_notify_cancel()
-
-    # Resolution without a thread hop. Future.set_result() runs done-callbacks in the
-    # calling thread; wsync must never run user code on its socket-reading thread. So the
-    # reader resolves a future itself only when it has no done-callbacks, atomically with
-    # that check under the future's own condition (Future's `_condition` and
-    # `_done_callbacks` are stable since Python 3.2): a callback added concurrently then
-    # sees a finished future and runs in the adding thread, as concurrent.futures promises.
-
-    def try_set_result_fast(self, result: Response) -> bool:
-        """Set the result unless a done-callback would have to run: then return False.
-
-        True also when the future was already done (cancelled): nothing is left to do.
-        """
-        return self._try_finish_fast(self.set_result, result)
-
-    def try_set_exception_fast(self, error: BaseException) -> bool:
-        """Like ``try_set_result_fast``, for an exception."""
-        return self._try_finish_fast(self.set_exception, error)
-
-    def _try_finish_fast(self, finish: Callable[[Any], None], value: Any) -> bool:
-        cond: Any = self._condition
-        with cond:
+        with self._lock():
             if self.done():
-                return True
-            if self._done_callbacks:  # type: ignore[attr-defined]
-                return False
-            finish(value)
-            return True
+                return None
+            if error is None:
+                assert result is not None
+                super().set_result(result)
+            else:
+                super().set_exception(error)
+            return self._take_callbacks()
 
-    def unset_running(self) -> None:
-        """Undo ``set_running_or_notify_cancel()`` of a message that was not written after all.
-
-        Only the engine's fast path calls it, before ``send()`` has returned the future, so
-        nobody can have observed the RUNNING state; a response cannot have come either.
-        """
-        cond: Any = self._condition
-        with cond:
-            if self._state == "RUNNING":
-                self._state = "PENDING"
-
-    def set_result_safe(self, result: Response) -> None:
-        """Set the result unless the future is already done (cancelled or failed)."""
-        with contextlib.suppress(Exception):  # InvalidStateError: cancelled or failed meanwhile
-            self.set_result(result)
-
-    def set_exception_safe(self, error: BaseException) -> None:
-        """Set the exception unless the future is already done."""
-        with contextlib.suppress(Exception):
-            self.set_exception(error)
+    def mark_running(self) -> None:
+        """The message was written: ``running()`` is True from now (unless done already)."""
+        with self._lock():
+            if not self.done() and not self.running():
+                super().set_running_or_notify_cancel()

@@ -1,102 +1,87 @@
 """The connection logic of a client, with no I/O: events and ``now`` in, actions out.
 
-``Machine`` knows the protocol's states, the handshake, the heartbeat deadlines, the
-reconnection policy, the order in which messages are written and where every message
-is (queued, taken by the writer, written, done). It owns no thread, socket or clock:
-the engine feeds it events under its lock, carries out the returned actions outside
-the lock, and asks it for the next deadline. Every timing rule is therefore testable
-exactly and instantly with a fake clock (tests/unit/test_machine.py).
+Its one job: the protocol's lifecycle (CONNECTING, PENDING, CONFIRMED, DISCONNECTED,
+CLOSED), the handshake, the heartbeat deadlines and the reconnection policy, over the
+:class:`~wsync._ledger.Ledger` of messages. It must not own a thread, socket, lock or
+clock, nor touch a future or call user code: the engine feeds it events under its lock,
+then drains the actions it buffered (:meth:`Machine.drain`) and carries them out, as
+websockets' ``Protocol`` is driven through ``receive_data()`` / ``events_received()``.
 
-Where a message is:
+After calling any event method (``connect``, ``send``, ``on_frame``, ``on_timer``, ...)
+the caller must call :meth:`Machine.drain` and carry out every action it returns, in
+order; :meth:`Machine.next_deadline` then says when :meth:`Machine.on_timer` is due.
+Every timing rule is therefore testable exactly and instantly with a fake clock
+(tests/unit/test_machine.py).
 
-* ``QUEUED``  - waiting in ``pending``; written once CONFIRMED, in send() order;
-* ``TAKEN``   - handed to the writer thread, which is writing it right now;
-* ``WRITTEN`` - on the wire of the current connection, waiting for its response;
-* ``DONE``    - answered, failed, withdrawn or cancelled; no longer in ``pending``.
-
-On every confirm the writer starts again from the oldest unanswered message, so
-messages written but unanswered on a lost connection are written again first, in
-their original order, then the rest: the first arrival of each message at the
-server follows send() order across any number of reconnects.
+On every confirm the ledger starts again from the oldest unanswered message, so messages
+written but unanswered on a lost connection are written again first, in their original
+order, then the rest: the first arrival of each message at the server follows send()
+order across any number of reconnects.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import random
-from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final
 
 import attrs
 
 from wsync import protocol
 from wsync._backoff import Backoff
-from wsync._errors import ClientClosed, ConnectError, HandshakeError, ServerError
-from wsync._ratelimit import TokenBucket
+from wsync._errors import (
+    ClientClosed,
+    ConnectError,
+    DeliveryError,
+    HandshakeError,
+    ServerError,
+    network_text,
+)
+from wsync._ledger import WRITE_BATCH, Entry, EntryState, Ledger
 from wsync._values import ConnectionState, Stats, Status
-
-if TYPE_CHECKING:
-    from wsync._futures import MessageFuture
 
 __all__ = [
     "Abort",
     "Action",
     "Control",
-    "Entry",
-    "EntryState",
+    "CountDeliveries",
     "Fail",
     "Forget",
+    "Log",
     "Machine",
     "Notify",
     "OnError",
     "OnResponse",
     "Open",
     "Resolve",
+    "Wake",
 ]
-
-# How many messages the writer takes at once: big enough to batch a flush into few
-# syscalls, small enough that control frames (pings, pongs) are never far behind.
-WRITE_BATCH: Final = 256
-# ...and at most about this many bytes, so a ping never waits behind a huge backlog.
-WRITE_BATCH_BYTES: Final = 256 * 1024
 
 
 class Control(enum.Enum):
-    """Control frames the writer sends before any message."""
+    """Control frames the writer sends before any message; at most one of each is owed."""
 
     CONNECT = "connect"
     PING = "ping"
     PONG = "pong"
 
 
-class EntryState(enum.IntEnum):
-    QUEUED = 0
-    TAKEN = 1
-    WRITTEN = 2
-    DONE = 3
+class Wake(enum.Enum):
+    """A thread to wake."""
+
+    WRITER = "writer"  # something to write
+    TIMER = "timer"  # the next deadline moved
+    WAITERS = "waiters"  # connect()/flush() waiters: the state or the ledger changed
 
 
-class Entry:
-    """One message the client is responsible for until it is answered or failed."""
-
-    # The content itself is not kept: `text` holds it, and memory per queued message counts.
-    __slots__ = ("future", "message_id", "state", "text")
-
-    def __init__(self, message_id: str, content: str, text: str, future: MessageFuture) -> None:
-        self.message_id = message_id
-        self.text = text  # the encoded `message` frame, written as-is (resends too)
-        self.future = future
-        self.state = EntryState.QUEUED
-
-    def __repr__(self) -> str:  # never the content
-        return f"Entry({self.message_id!r}, {self.state.name})"
+# --- actions: what the engine must do -----------------------------------------------------
+# Mutable slotted classes: created on the hot path (a response makes two), so no frozen
+# __setattr__ detour. Nobody changes them after creation.
 
 
-# --- actions: what the engine must do, outside its lock -------------------------------
-
-
-@attrs.frozen(slots=True)
+@attrs.define
 class Open:
     """Open a new connection (the timer thread does it), bounded by ``timeout``."""
 
@@ -104,7 +89,7 @@ class Open:
     timeout: float
 
 
-@attrs.frozen(slots=True)
+@attrs.define
 class Abort:
     """Tear down the connection (or cancel the open in flight) of ``generation``."""
 
@@ -112,14 +97,14 @@ class Abort:
     reason: str
 
 
-@attrs.frozen(slots=True)
+@attrs.define
 class Notify:
     """Call ``on_state_change(state)``."""
 
     state: ConnectionState
 
 
-@attrs.frozen(slots=True)
+@attrs.define
 class Resolve:
     """Set ``entry.future``'s result."""
 
@@ -127,7 +112,7 @@ class Resolve:
     response: protocol.Response
 
 
-@attrs.frozen(slots=True)
+@attrs.define
 class Fail:
     """Fail every entry's future with a fresh exception from ``error``.
 
@@ -140,33 +125,62 @@ class Fail:
     final: bool = True
 
 
-@attrs.frozen(slots=True)
+@attrs.define
 class OnResponse:
     """Call ``on_response(response)``."""
 
     response: protocol.Response
 
 
-@attrs.frozen(slots=True)
+@attrs.define
 class OnError:
     """Call ``on_error(error)``."""
 
     error: ServerError
 
 
-@attrs.frozen(slots=True)
+@attrs.define
 class Forget:
     """Remove these messages from the durable outbox (they are answered or failed)."""
 
     message_ids: tuple[str, ...]
 
 
-Action = Open | Abort | Notify | Resolve | Fail | OnResponse | OnError | Forget
+@attrs.define
+class CountDeliveries:
+    """Add one delivery to these messages in the durable outbox (see the ledger)."""
+
+    message_ids: tuple[str, ...]
+
+
+@attrs.define
+class Log:
+    """Log ``message`` at ``level`` (never content: ids, counts and redacted causes only)."""
+
+    level: int
+    message: str
+
+
+Action = (
+    Open | Abort | Notify | Resolve | Fail | OnResponse | OnError | Forget | CountDeliveries
+    | Log | Wake
+)
+
+_CONTROL_ORDER: Final = (Control.CONNECT, Control.PING, Control.PONG)
 
 
 def _with_cause(exc: BaseException, cause: BaseException | None) -> BaseException:
     exc.__cause__ = cause
     return exc
+
+
+def _factory(cls: Callable[[str], BaseException], text: str) -> Callable[[], BaseException]:
+    """A maker of fresh exceptions: each future gets its own (tracebacks are per raise)."""
+    return lambda: cls(text)
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
 
 
 class Machine:
@@ -178,7 +192,9 @@ class Machine:
         heartbeat_timeout: no pong for this long means the connection is dead.
         backoff: the reconnection policy.
         connect_timeout: bound on one attempt, from its start to the confirm.
-        rate_limit: messages per second, or None.
+        rate_limit: at most this many messages written in any one-second window, or None.
+        max_deliveries: see :class:`~wsync._ledger.Ledger`; None: no limit.
+        durable: the outbox is on disk: emit ``Forget`` and ``CountDeliveries``.
         rand: randomness for the backoff jitter.
         now: the current monotonic time.
     """
@@ -192,6 +208,8 @@ class Machine:
         backoff: Backoff,
         connect_timeout: float,
         rate_limit: float | None = None,
+        max_deliveries: int | None = 3,
+        durable: bool = False,
         rand: Callable[[], float] = random.random,
         now: float = 0.0,
     ) -> None:
@@ -200,8 +218,9 @@ class Machine:
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff = backoff
         self.connect_timeout = connect_timeout
+        self.durable = durable
         self._rand = rand
-        self._bucket = TokenBucket(rate_limit, now=now) if rate_limit is not None else None
+        self.ledger = Ledger(rate_limit=rate_limit, max_deliveries=max_deliveries)
 
         self.status = Status.DISCONNECTED
         self.state = ConnectionState(status=Status.DISCONNECTED, client_id=client_id)
@@ -217,6 +236,10 @@ class Machine:
         self.giveups = 0  # how many times the policy gave up (for connect() waiters)
         self.give_up_error: BaseException | None = None
         self.confirms = 0
+        # A confirmed connection proves itself (a response, a pong, or reset_after seconds
+        # CONFIRMED) before the attempt count starts again.
+        self.proven = False
+        self.proof_at: float | None = None
 
         # Heartbeat.
         self.next_ping_at: float | None = None
@@ -224,21 +247,30 @@ class Machine:
         self._ping_sent_at: float | None = None
         self.last_rtt: float | None = None
 
-        # Messages.
-        self.pending: dict[str, Entry] = {}  # every unanswered message, in send() order
-        self._to_write: deque[Entry] = deque()  # what the writer takes next (CONFIRMED only)
-        self.controls: deque[Control] = deque()
-        self.queued = 0
-        self.in_flight = 0  # TAKEN or WRITTEN
-        self.sent = 0
-        self.received = 0
+        self._owed: set[Control] = set()  # control frames owed, at most one of each
         self.reconnects = 0
         self.malformed = 0
 
-        # Set when the engine should wake a thread; the engine clears them.
-        self.wake_writer = False
-        self.wake_timer = False
-        self.wake_waiters = False
+        self._actions: list[Action] = []
+        self._woken: set[Wake] = set()
+
+    # --- the action buffer ----------------------------------------------------------------
+
+    def drain(self) -> list[Action]:
+        """The actions buffered since the last call, in order; the buffer is emptied.
+
+        The caller must carry out every one of them, in order.
+        """
+        actions = self._actions
+        if actions:
+            self._actions = []
+            self._woken.clear()
+        return actions
+
+    def _wake(self, target: Wake) -> None:
+        if target not in self._woken:
+            self._woken.add(target)
+            self._actions.append(target)
 
     # --- queries ------------------------------------------------------------------------
 
@@ -246,50 +278,87 @@ class Machine:
     def closed(self) -> bool:
         return self.status is Status.CLOSED
 
+    @property
+    def pending(self) -> dict[str, Entry]:
+        """Every unanswered message, in send() order (the ledger's; do not change it)."""
+        return self.ledger.pending
+
+    @property
+    def queued(self) -> int:
+        return self.ledger.queued
+
+    @property
+    def in_flight(self) -> int:
+        return self.ledger.in_flight
+
+    @property
+    def sent(self) -> int:
+        return self.ledger.sent
+
+    @property
+    def received(self) -> int:
+        return self.ledger.received
+
+    @property
+    def controls(self) -> list[Control]:
+        """The control frames owed, in the order they are written."""
+        return [c for c in _CONTROL_ORDER if c in self._owed]
+
     def stats(self) -> Stats:
+        ledger = self.ledger
         return Stats(
-            sent=self.sent,
-            received=self.received,
-            queued=self.queued,
-            in_flight=self.in_flight,
+            sent=ledger.sent,
+            received=ledger.received,
+            queued=ledger.queued,
+            in_flight=ledger.in_flight,
             reconnects=self.reconnects,
             malformed=self.malformed,
             last_rtt=self.last_rtt,
         )
 
+    def is_current(self, generation: int) -> bool:
+        """Whether events of the connection of ``generation`` still count."""
+        return generation == self.generation and self._conn_open
+
     def next_deadline(self) -> float | None:
         """The earliest time at which ``on_timer`` has something to do, or None."""
-        candidates: list[float] = []
-        if self.status is Status.CONFIRMED:
-            if self.next_ping_at is not None:
-                candidates.append(self.next_ping_at)
-            if self.dead_at is not None:
-                candidates.append(self.dead_at)
-        elif self.status is Status.PENDING:
-            if self.attempt_deadline is not None:
-                candidates.append(self.attempt_deadline)
-        elif (
-            self.status is Status.DISCONNECTED and self.trying and self.next_attempt_at is not None
-        ):
-            candidates.append(self.next_attempt_at)
-        return min(candidates) if candidates else None
+        status = self.status
+        if status is Status.CONFIRMED:
+            candidates = [
+                t for t in (self.next_ping_at, self.dead_at, self.proof_at) if t is not None
+            ]
+            return min(candidates) if candidates else None
+        if status is Status.PENDING:
+            return self.attempt_deadline
+        if status is Status.DISCONNECTED and self.trying:
+            return self.next_attempt_at
+        return None
 
     def has_writes(self) -> bool:
-        """Whether the writer has anything to write now (ignoring the rate limit)."""
-        if self.controls:
+        """Whether a writer has anything to write now (ignoring the rate limit)."""
+        if self._owed and self._conn_open:
             return True
-        return self.status is Status.CONFIRMED and bool(self._to_write)
+        return self.status is Status.CONFIRMED and self.ledger.can_take()
+
+    def writable(self) -> bool:
+        """Whether the writer thread may take a write now: something to write, nobody writing."""
+        return self.ledger.writer is None and self.has_writes()
 
     def next_write_at(self, now: float) -> float | None:
         """When the rate limit allows the next message, if one waits for it."""
-        if self._bucket is None or self.status is not Status.CONFIRMED or not self._to_write:
+        if self.status is not Status.CONFIRMED:
             return None
-        return self._bucket.next_token_at(now)
+        return self.ledger.next_write_at(now)
 
     # --- state changes --------------------------------------------------------------------
 
     def _set_state(
-        self, status: Status, actions: list[Action], *, error: str | None = None, attempt: int = 0
+        self,
+        status: Status,
+        *,
+        error: str | None = None,
+        attempt: int = 0,
+        close_code: int | None = None,
     ) -> None:
         self.status = status
         self.state = ConnectionState(
@@ -298,117 +367,148 @@ class Machine:
             conversation_id=self.state.conversation_id,
             error=error,
             attempt=attempt,
+            close_code=close_code,
         )
-        actions.append(Notify(self.state))
-        self.wake_waiters = True
-        self.wake_timer = True
-        self.wake_writer = True
+        self._actions.append(Notify(self.state))
+        self._wake(Wake.WAITERS)
+        self._wake(Wake.TIMER)
+        self._wake(Wake.WRITER)
 
-    def _requeue_written(self) -> None:
-        """The connection is gone: everything taken or written is queued again."""
-        for entry in self.pending.values():
-            if entry.state is EntryState.TAKEN or entry.state is EntryState.WRITTEN:
-                entry.state = EntryState.QUEUED
-        self.queued += self.in_flight
-        self.in_flight = 0
-        self._to_write.clear()
-        self.controls.clear()
-
-    def _drop_connection(self, actions: list[Action], reason: str) -> None:
+    def _drop_connection(self, reason: str, *, blame: bool = False) -> None:
+        """Forget the connection of ``generation``: its messages are queued again."""
         if self._conn_open:
-            actions.append(Abort(self.generation, reason))
+            self._actions.append(Abort(self.generation, reason))
             self._conn_open = False
-        self._requeue_written()
-        self.next_ping_at = self.dead_at = self._ping_sent_at = None
+        counted = [
+            e.message_id for e in self.ledger.pending.values() if e.state is EntryState.WRITTEN
+        ] if blame and self.durable else []
+        poisoned = self.ledger.stop(blame=blame)
+        self._owed.clear()
+        self.next_ping_at = self.dead_at = self._ping_sent_at = self.proof_at = None
         self.attempt_deadline = None
+        if poisoned:
+            self._poisoned(poisoned)
+            gone = {e.message_id for e in poisoned}
+            counted = [mid for mid in counted if mid not in gone]
+        if counted:
+            self._actions.append(CountDeliveries(tuple(counted)))
+
+    def _poisoned(self, entries: list[Entry]) -> None:
+        limit = self.ledger.max_deliveries
+        for entry in entries:
+            self.ledger.finish(entry)
+            mid = entry.message_id
+            text = (
+                f"message {mid} was written on {limit} connections, each lost before it was "
+                f"answered (max_deliveries={limit}): given up as a poison message"
+            )
+            self._actions.append(
+                Log(logging.WARNING, f"{text}; it will not be sent again")
+            )
+            self._actions.append(Fail((entry,), _factory(DeliveryError, text)))
+        self._forget(tuple(e.message_id for e in entries))
+        self._drained()
+
+    def _forget(self, message_ids: tuple[str, ...]) -> None:
+        if self.durable and message_ids:
+            self._actions.append(Forget(message_ids))
+
+    def _drained(self) -> None:
+        if not self.ledger.pending:
+            self._wake(Wake.WAITERS)
 
     def _schedule_next_attempt(
-        self, failed_attempt: int, error: BaseException, now: float, actions: list[Action],
-        *, retryable: bool = True,
+        self,
+        failed_attempt: int,
+        error: BaseException,
+        now: float,
+        *,
+        retryable: bool = True,
+        close_code: int | None = None,
     ) -> None:
-        """After attempt ``failed_attempt`` failed (0: a confirmed connection was lost)."""
+        """After attempt ``failed_attempt`` failed (0: a proven connection was lost)."""
         self.last_failure = error
+        text = str(error) or type(error).__name__
         if not retryable or self.backoff.gives_up_after(failed_attempt):
-            self._give_up(failed_attempt, error, actions)
+            self._give_up(failed_attempt, error, close_code=close_code)
             return
         self.attempt = failed_attempt + 1
-        self.next_attempt_at = now + self.backoff.delay(self.attempt, self._rand)
+        delay = self.backoff.delay(self.attempt, self._rand)
+        self.next_attempt_at = now + delay
+        limit = self.backoff.max_attempts
+        of = "" if limit is None else f" of {limit}"
+        # A lost connection's error says so itself ("connection lost: ...", "no pong ...").
+        what = text if failed_attempt == 0 else f"attempt {failed_attempt} failed: {text}"
+        self._actions.append(
+            Log(logging.WARNING, f"{what}; retrying in {delay:.3g} s (attempt {self.attempt}{of})")
+        )
         self._set_state(
-            Status.DISCONNECTED, actions, error=str(error) or type(error).__name__,
-            attempt=failed_attempt,
+            Status.DISCONNECTED, error=text, attempt=failed_attempt, close_code=close_code
         )
 
-    def _give_up(self, failed_attempt: int, error: BaseException, actions: list[Action]) -> None:
+    def _give_up(
+        self, failed_attempt: int, error: BaseException, *, close_code: int | None = None
+    ) -> None:
         self.trying = False
         self.next_attempt_at = None
         self.giveups += 1
         cls = HandshakeError if isinstance(error, HandshakeError) else ConnectError
+        phase = getattr(error, "phase", None)
         if failed_attempt == 0:
             text = f"could not connect: {error}"
         else:
-            text = f"gave up after {failed_attempt} reconnection attempts: {error}"
-        self.give_up_error = _with_cause(cls(text), error)
-        self._fail_pending(
-            lambda: _with_cause(cls(text), error), actions, forget=True
+            text = f"gave up after {_attempts(failed_attempt)}: {error}"
+        self.give_up_error = _with_cause(cls(text, phase=phase), error)
+        entries = self.ledger.clear()
+        if entries:
+            self._actions.append(
+                Fail(entries, lambda: _with_cause(cls(text, phase=phase), error), final=True)
+            )
+            self._forget(tuple(e.message_id for e in entries))
+            text_failed = f"{text} ({len(entries)} unanswered messages failed)"
+        else:
+            text_failed = text
+        self._actions.append(Log(logging.ERROR, text_failed))
+        self._set_state(
+            Status.DISCONNECTED, error=text, attempt=failed_attempt, close_code=close_code
         )
-        self._set_state(Status.DISCONNECTED, actions, error=text, attempt=failed_attempt)
-
-    def _fail_pending(
-        self, error: Callable[[], BaseException], actions: list[Action], *, forget: bool
-    ) -> None:
-        entries = tuple(self.pending.values())
-        if not entries:
-            return
-        for entry in entries:
-            entry.state = EntryState.DONE
-        self.pending.clear()
-        self._to_write.clear()
-        self.queued = self.in_flight = 0
-        actions.append(Fail(entries, error, final=forget))
-        if forget:
-            actions.append(Forget(tuple(e.message_id for e in entries)))
 
     # --- user calls ---------------------------------------------------------------------
 
-    def connect(self, now: float) -> list[Action]:
+    def connect(self, now: float) -> None:
         """``connect()``: start trying unless already connected or trying."""
-        actions: list[Action] = []
         if self.closed or self.trying or self.status is Status.CONFIRMED:
-            return actions
+            return
         self._start_trying(now)
-        return actions
 
     def _start_trying(self, now: float) -> None:
         self.trying = True
         self.attempt = 0
         self.next_attempt_at = now
-        self.wake_timer = True
+        self._wake(Wake.TIMER)
 
-    def reconnect(self, now: float) -> list[Action]:
+    def reconnect(self, now: float) -> None:
         """``reconnect()``: drop the connection, try again now with a fresh budget."""
-        actions: list[Action] = []
         if self.closed:
-            return actions
+            return
         had_connection = self._conn_open
-        self._drop_connection(actions, "reconnect requested")
+        self._drop_connection("reconnect requested")
         self.generation += 1  # whatever the old connection still says is ignored
         if had_connection or self.status is not Status.DISCONNECTED:
-            self._set_state(Status.DISCONNECTED, actions, error="reconnect requested")
+            self._set_state(Status.DISCONNECTED, error="reconnect requested")
         self._start_trying(now)
-        return actions
 
-    def stop_trying(self, now: float, error: BaseException) -> list[Action]:
+    def stop_trying(self, now: float, error: BaseException) -> None:
         """``connect(timeout=...)`` ran out: stop trying; DISCONNECTED.
 
         Unlike a give-up, the queue is kept: the caller chose the deadline and learns of it
         from ConnectTimeout; the messages go out after a later ``connect()``/``reconnect()``
         (or fail with ClientClosed at ``close()``), and a durable outbox keeps them.
         """
-        actions: list[Action] = []
         if self.closed or not self.trying:
-            return actions
+            return
         was_disconnected = self.status is Status.DISCONNECTED
-        self._drop_connection(actions, "connect timed out")
+        self._drop_connection("connect timed out")
         self.generation += 1
         self.trying = False
         self.next_attempt_at = None
@@ -416,107 +516,75 @@ class Machine:
         if was_disconnected:
             # Waiting for the next attempt: not a transition, so nothing to report.
             self.state = attrs.evolve(self.state, error=str(error))
-            self.wake_waiters = self.wake_timer = True
+            self._wake(Wake.WAITERS)
+            self._wake(Wake.TIMER)
         else:
-            self._set_state(Status.DISCONNECTED, actions, error=str(error), attempt=self.attempt)
-        return actions
+            self._set_state(Status.DISCONNECTED, error=str(error), attempt=self.attempt)
 
-    def send(self, entry: Entry) -> None:
-        """Take responsibility for a new message (its id is known to be free)."""
-        self.pending[entry.message_id] = entry
-        self.queued += 1
-        if self.status is Status.CONFIRMED:
-            self._to_write.append(entry)
-            self.wake_writer = True
+    def send(self, entry: Entry, now: float, *, inline: bool = False) -> bool:
+        """Take responsibility for a new message (its id is known to be free).
 
-    def send_inline(self, entry: Entry, now: float) -> bool:
-        """``send()`` on the fast path: True if the caller may write ``entry`` itself, now.
-
-        Only when nothing could be written before it: CONFIRMED, no message or control frame
-        waiting, and (with a rate limit) a token at hand; the engine also makes sure no write is
-        in progress. The entry is then TAKEN, exactly as if the writer had taken it; otherwise
-        it is queued as by ``send()``.
+        With ``inline`` (``send()``'s fast path), the caller may write the message itself,
+        now, if nothing could be written before it: then True is returned, the entry is
+        TAKEN and the caller must report the write with :meth:`written` or
+        :meth:`not_written`. Otherwise it is queued and the writer is woken.
         """
-        if (
-            self.status is Status.CONFIRMED
-            and self._conn_open
-            and not self.in_flight  # others in flight: the writer batches them into one sendall
-            and not self._to_write
-            and not self.controls
-            and (self._bucket is None or self._bucket.take(1, now) == 1)
-        ):
-            self.pending[entry.message_id] = entry
-            entry.state = EntryState.TAKEN
-            self.in_flight += 1
-            return True
-        self.send(entry)
+        ledger = self.ledger
+        if inline and self.status is Status.CONFIRMED and self._conn_open and not self._owed:
+            if ledger.take_inline(entry, now):
+                return True  # else take_inline queued it
+        else:
+            ledger.add(entry)
+        if ledger.open and ledger.writer is None:
+            self._wake(Wake.WRITER)
         return False
 
-    def inline_failed(self, generation: int, entry: Entry) -> None:
-        """The fast path wrote nothing after all: the writer writes the entry, before the rest."""
-        if entry.state is not EntryState.TAKEN or self.pending.get(entry.message_id) is not entry:
-            return  # answered, withdrawn, or queued again by a loss meanwhile
-        entry.state = EntryState.QUEUED
-        self.in_flight -= 1
-        self.queued += 1
-        if generation == self.generation and self.status is Status.CONFIRMED:
-            self._to_write.appendleft(entry)
-            self.wake_writer = True
-
-    def withdraw(self, message_id: str) -> Entry | None:
-        """Remove a message that is still queued (cancel, timeout). None if it was written."""
-        entry = self.pending.get(message_id)
-        if entry is None or entry.state is not EntryState.QUEUED:
-            return None
-        self._finish(entry)
-        self._notify_if_drained()
+    def withdraw(self, message_id: str, future: object = None) -> Entry | None:
+        """Remove a message that is still queued (cancel). None if it was taken or written."""
+        entry = self.ledger.withdraw(message_id, future)
+        if entry is not None:
+            self._forget((message_id,))
+            self._drained()
         return entry
 
-    def abandon(self, message_id: str) -> Entry | None:
-        """Stop tracking a written message (its waiter timed out): it is never written again."""
-        entry = self.pending.get(message_id)
-        if entry is None:
-            return None
-        self._finish(entry)
-        self._notify_if_drained()
+    def time_out(self, message_id: str, error: Callable[[], BaseException]) -> Entry | None:
+        """A waiter gave up on a message: withdrawn if queued, never written again if written.
+
+        Its future fails with ``error`` in the same step, so a writer holding the entry right
+        now finds it done. None if the message is no longer in the ledger (answered, failed).
+        """
+        entry = self.ledger.abandon(message_id)
+        if entry is not None:
+            self._actions.append(Fail((entry,), error))
+            self._forget((message_id,))
+            self._drained()
         return entry
 
-    def _finish(self, entry: Entry) -> None:
-        """Take ``entry`` (which is in ``pending``) out for good: DONE, counters fixed."""
-        del self.pending[entry.message_id]
-        if entry.state is EntryState.QUEUED:
-            self.queued -= 1  # e.g. answered before we (re)wrote it: a duplicate path
-        else:
-            self.in_flight -= 1
-        entry.state = EntryState.DONE
-
-    def _notify_if_drained(self) -> None:
-        if not self.pending:
-            self.wake_waiters = True
-
-    def close(self) -> list[Action]:
+    def close(self) -> None:
         """``close()``: terminal. Waiting futures fail with ClientClosed; the outbox keeps them."""
-        actions: list[Action] = []
         if self.closed:
-            return actions
+            return
         if self._conn_open:
             # The engine sends a close frame first, then tears the socket down.
-            actions.append(Abort(self.generation, "client closed"))
+            self._actions.append(Abort(self.generation, "client closed"))
             self._conn_open = False
         self.generation += 1
         self.trying = False
         self.next_attempt_at = self.attempt_deadline = None
-        self.next_ping_at = self.dead_at = None
-        self._requeue_written()
-        self._fail_pending(lambda: ClientClosed("client closed"), actions, forget=False)
-        self._set_state(Status.CLOSED, actions)
-        return actions
+        self.next_ping_at = self.dead_at = self.proof_at = None
+        self.ledger.stop(blame=False)
+        self._owed.clear()
+        entries = self.ledger.clear()
+        if entries:
+            self._actions.append(
+                Fail(entries, lambda: ClientClosed("client closed"), final=False)
+            )
+        self._set_state(Status.CLOSED)
 
     # --- timer --------------------------------------------------------------------------
 
-    def on_timer(self, now: float) -> list[Action]:
+    def on_timer(self, now: float) -> None:
         """Do whatever is due at ``now``: start an attempt, time one out, ping, declare dead."""
-        actions: list[Action] = []
         status = self.status
         if status is Status.DISCONNECTED:
             if self.trying and self.next_attempt_at is not None and now >= self.next_attempt_at:
@@ -524,24 +592,27 @@ class Machine:
                 self.generation += 1
                 self._conn_open = True
                 self.attempt_deadline = now + self.connect_timeout
-                self._set_state(Status.CONNECTING, actions, attempt=self.attempt)
-                actions.append(Open(self.generation, self.connect_timeout))
+                self._set_state(Status.CONNECTING, attempt=self.attempt)
+                self._actions.append(Open(self.generation, self.connect_timeout))
         elif status is Status.PENDING:
             if self.attempt_deadline is not None and now >= self.attempt_deadline:
                 error = ConnectError(
                     f"no connect_confirm within connect_timeout={self.connect_timeout:g} s",
                     phase="confirm",
                 )
-                self._attempt_failed(error, now, actions)
+                self._attempt_failed(error, now)
         elif status is Status.CONFIRMED:
             if self.dead_at is not None and now >= self.dead_at:
                 error = ConnectError(
                     f"no pong for heartbeat_timeout={self.heartbeat_timeout:g} s",
                     phase="heartbeat",
                 )
-                self._connection_lost(error, now, actions)
-            elif self.next_ping_at is not None and now >= self.next_ping_at:
-                self.controls.append(Control.PING)
+                self._connection_lost(error, now)
+                return
+            if self.proof_at is not None and now >= self.proof_at:
+                self._prove()
+            if self.next_ping_at is not None and now >= self.next_ping_at:
+                self._owe(Control.PING)
                 if self._ping_sent_at is None:
                     self._ping_sent_at = now
                 # Schedule from the due time, not `now`: no drift when the timer is late,
@@ -549,245 +620,227 @@ class Machine:
                 self.next_ping_at += self.heartbeat_interval
                 if self.next_ping_at <= now:
                     self.next_ping_at = now + self.heartbeat_interval
-                self.wake_writer = True
-        return actions
+
+    def _owe(self, control: Control) -> None:
+        """Owe one control frame; owing it twice owes it once (memory stays bounded)."""
+        if control not in self._owed:
+            self._owed.add(control)
+            self._wake(Wake.WRITER)
+
+    def _prove(self) -> None:
+        """The confirmed connection proved itself: the attempt count starts again."""
+        if not self.proven:
+            self.proven = True
+            self.proof_at = None
+            self.attempt = 0
 
     # --- the timer thread's open ----------------------------------------------------------
 
-    def on_open_succeeded(self, generation: int, now: float) -> list[Action]:
-        """The socket of ``generation`` is open: send ``connect`` first, wait for the confirm."""
-        actions: list[Action] = []
+    def on_open_succeeded(self, generation: int, now: float) -> bool:
+        """The socket of ``generation`` is open: send ``connect`` first, wait for the confirm.
+
+        Returns False if the socket is stale (a ``reconnect()`` or ``close()`` came in while
+        opening): the caller must close it.
+        """
         if generation != self.generation or self.status is not Status.CONNECTING:
-            # Stale: a reconnect() or close() came in while opening.
-            actions.append(Abort(generation, "superseded"))
-            return actions
-        self.controls.clear()
-        self.controls.append(Control.CONNECT)
-        self._set_state(Status.PENDING, actions, attempt=self.attempt)
-        return actions
+            return False
+        self._owed.clear()
+        self._owe(Control.CONNECT)
+        self._set_state(Status.PENDING, attempt=self.attempt)
+        return True
 
     def on_open_failed(
         self, generation: int, error: BaseException, now: float, *, retryable: bool = True
-    ) -> list[Action]:
+    ) -> None:
         """The attempt of ``generation`` could not open a socket."""
-        actions: list[Action] = []
         if generation != self.generation or self.status is not Status.CONNECTING:
-            return actions
+            return
         self._conn_open = False
-        self._attempt_failed(error, now, actions, retryable=retryable)
-        return actions
+        self._attempt_failed(error, now, retryable=retryable)
 
     def _attempt_failed(
-        self, error: BaseException, now: float, actions: list[Action], *, retryable: bool = True
+        self,
+        error: BaseException,
+        now: float,
+        *,
+        retryable: bool = True,
+        close_code: int | None = None,
     ) -> None:
         failed = self.attempt
-        self._drop_connection(actions, str(error))
+        self._drop_connection(str(error))
         self.generation += 1
-        self._schedule_next_attempt(failed, error, now, actions, retryable=retryable)
+        self._schedule_next_attempt(
+            failed, error, now, retryable=retryable, close_code=close_code
+        )
 
-    def _connection_lost(self, error: BaseException, now: float, actions: list[Action]) -> None:
-        self._drop_connection(actions, str(error))
+    def _connection_lost(
+        self, error: BaseException, now: float, *, close_code: int | None = None
+    ) -> None:
+        # A connection that proved itself starts a fresh budget; one that did not (confirmed,
+        # then closed at once) counts as the attempt that opened it failing.
+        failed = 0 if self.proven else self.attempt
+        self._drop_connection(str(error), blame=True)
         self.generation += 1
         self.trying = True
-        self._schedule_next_attempt(0, error, now, actions)
+        self._schedule_next_attempt(failed, error, now, close_code=close_code)
 
     def on_connection_lost(
-        self, generation: int, error: BaseException, now: float
-    ) -> list[Action]:
-        """The socket of ``generation`` closed or failed (read or write side)."""
-        actions: list[Action] = []
+        self,
+        generation: int,
+        error: BaseException,
+        now: float,
+        *,
+        close_code: int | None = None,
+    ) -> None:
+        """The socket of ``generation`` closed or failed (read or write side).
+
+        Args:
+            close_code: the server's WebSocket close code, when it sent a close frame.
+        """
         if generation != self.generation or not self._conn_open:
-            return actions
+            return
         if self.status is Status.CONFIRMED:
-            self._connection_lost(error, now, actions)
+            self._connection_lost(error, now, close_code=close_code)
         elif self.status in (Status.PENDING, Status.CONNECTING):
-            self._attempt_failed(error, now, actions)
-        return actions
+            self._attempt_failed(error, now, close_code=close_code)
 
     # --- frames from the server -----------------------------------------------------------
 
     def on_malformed(self) -> None:
         self.malformed += 1
 
-    def on_frame(self, generation: int, frame: protocol.Frame, now: float) -> list[Action]:
+    def on_frame(self, generation: int, frame: protocol.Frame, now: float) -> None:
         """One valid frame arrived on the connection of ``generation``."""
-        actions: list[Action] = []
         if generation != self.generation or not self._conn_open:
-            return actions
-        if type(frame) is protocol.Response:
-            self._on_response(frame, actions)
-        elif type(frame) is protocol.Pong:
+            return
+        kind = type(frame)
+        if kind is protocol.Response:
+            self._on_response(frame, now)  # type: ignore[arg-type]
+        elif kind is protocol.Pong:
             if self.status is Status.CONFIRMED:
                 if self._ping_sent_at is not None:
                     self.last_rtt = max(0.0, now - self._ping_sent_at)
                     self._ping_sent_at = None
                 self.dead_at = now + self.heartbeat_timeout
-                self.wake_timer = True
-        elif type(frame) is protocol.Ping:
-            self.controls.append(Control.PONG)
-            self.wake_writer = True
-        elif type(frame) is protocol.ConnectConfirm:
-            self._on_confirm(frame, now, actions)
-        elif type(frame) is protocol.Error:
-            self._on_error(frame, now, actions)
+                self._prove()
+                self._wake(Wake.TIMER)
+        elif kind is protocol.Ping:
+            self._owe(Control.PONG)
+        elif kind is protocol.ConnectConfirm:
+            self._on_confirm(frame, now)  # type: ignore[arg-type]
+        elif kind is protocol.Error:
+            self._on_error(frame, now)  # type: ignore[arg-type]
         else:
             # `connect` or `message`: frames only a client sends.
             self.malformed += 1
-        return actions
 
-    def _on_confirm(
-        self, frame: protocol.ConnectConfirm, now: float, actions: list[Action]
-    ) -> None:
+    def _on_response(self, frame: protocol.Response, now: float) -> None:
+        if self.status is Status.CONFIRMED and not self.proven:
+            self._prove()
+            self._wake(Wake.TIMER)
+        entry = self.ledger.answer(frame.message_id)
+        if entry is not None:
+            self._actions.append(Resolve(entry, frame))
+            if self.durable:
+                self._actions.append(Forget((entry.message_id,)))
+            if not self.ledger.pending:
+                self._wake(Wake.WAITERS)
+            elif self.ledger.suspects or entry.deliveries:
+                self._wake(Wake.WRITER)  # one at a time: the next one may go now
+        self._actions.append(OnResponse(frame))
+
+    def _on_confirm(self, frame: protocol.ConnectConfirm, now: float) -> None:
         if self.status is not Status.PENDING:
             self.malformed += 1  # a confirm outside the handshake means nothing
             return
         if frame.client_id != self.client_id:
-            error = HandshakeError("connect_confirm is for another clientId")
-            self._attempt_failed(error, now, actions)
+            self._attempt_failed(HandshakeError("connect_confirm is for another clientId"), now)
             return
         if frame.status != "confirmed":
-            error = HandshakeError("connect_confirm status is not 'confirmed'")
-            self._attempt_failed(error, now, actions)
+            self._attempt_failed(
+                HandshakeError("connect_confirm status is not 'confirmed'"), now
+            )
             return
         if self.confirms:
             self.reconnects += 1
         self.confirms += 1
-        self.trying = False  # a loss starts the policy again, with a fresh budget
-        self.attempt = 0
+        self.trying = False  # a loss starts the policy again
         self.attempt_deadline = None
         self.last_failure = None
+        self.proven = False
+        self.proof_at = now + self.backoff.reset_after
+        if self.backoff.reset_after <= 0:
+            self._prove()
         self.next_ping_at = now + self.heartbeat_interval
         self.dead_at = now + self.heartbeat_timeout
         self._ping_sent_at = None
         # Resend what is unanswered, oldest first, then the queue: all of pending in order.
-        self._to_write = deque(self.pending.values())
+        self.ledger.start()
         self.state = attrs.evolve(self.state, conversation_id=frame.conversation_id)
-        self._set_state(Status.CONFIRMED, actions)
+        self._set_state(Status.CONFIRMED)
 
-    def _on_error(self, frame: protocol.Error, now: float, actions: list[Action]) -> None:
+    def _on_error(self, frame: protocol.Error, now: float) -> None:
         server_error = ServerError(
             error=frame.error, timestamp=frame.timestamp, message_id=frame.message_id
         )
-        actions.append(OnError(server_error))
+        self._actions.append(OnError(server_error))
         if self.status is Status.PENDING:
-            error = HandshakeError(f"server refused the handshake: {frame.error}")
+            error = HandshakeError(f"server refused the handshake: {network_text(frame.error)}")
             error.__cause__ = server_error
             # A refusal of the connection: no message was written on it, none is failed.
-            self._attempt_failed(error, now, actions)
+            self._attempt_failed(error, now)
             return
         if frame.message_id is None:
             return
-        entry = self.abandon(frame.message_id)
-        if entry is None:
-            return
-        actions.append(
-            Fail(
-                (entry,),
-                lambda: ServerError(
-                    error=frame.error, timestamp=frame.timestamp, message_id=frame.message_id
-                ),
-            )
+        self.time_out(
+            frame.message_id,
+            lambda: ServerError(
+                error=frame.error, timestamp=frame.timestamp, message_id=frame.message_id
+            ),
         )
-        actions.append(Forget((entry.message_id,)))
 
-    def is_current(self, generation: int) -> bool:
-        """Whether events of the connection of ``generation`` still count."""
-        return generation == self.generation and self._conn_open
-
-    def answer(self, generation: int, frame: protocol.Response) -> Entry | None:
-        """A response on the connection of ``generation``: the answered entry, or None.
-
-        What ``on_frame`` does for a response, minus the actions (the engine's hot path carries
-        them out itself): None for an unknown id or a duplicate. The caller checked
-        ``is_current(generation)``.
-        """
-        self.received += 1
-        entry = self.pending.get(frame.message_id)
-        if entry is not None:
-            self._finish(entry)
-        return entry
-
-    def _on_response(self, frame: protocol.Response, actions: list[Action]) -> None:
-        entry = self.answer(self.generation, frame)
-        actions.append(OnResponse(frame))
-        if entry is None:
-            return  # unknown, or a duplicate of one already answered
-        actions.append(Resolve(entry, frame))
-        actions.append(Forget((entry.message_id,)))
-        if not self.pending:
-            self.wake_waiters = True
-
-    # --- the writer -----------------------------------------------------------------------
+    # --- writers --------------------------------------------------------------------------
 
     def take_writes(
         self, generation: int, now: float, limit: int = WRITE_BATCH
     ) -> tuple[list[Control], list[Entry]]:
-        """The writer asks what to write on ``generation``: control frames, then messages."""
+        """The writer thread asks what to write on ``generation``: control frames, then messages.
+
+        When messages are returned, the writer holds the turn to write (the list is its
+        token) until it reports with :meth:`written` or :meth:`not_written`.
+        """
         if generation != self.generation:
             return [], []
         if not self._conn_open:
-            self.controls.clear()  # nothing to write them on
+            self._owed.clear()  # nothing to write them on
             return [], []
-        controls = list(self.controls)
-        self.controls.clear()
-        entries: list[Entry] = []
-        if self.status is not Status.CONFIRMED or not self._to_write:
-            return controls, entries
-        if self._bucket is not None:
-            limit = self._bucket.take(min(limit, len(self._to_write)), now)
-        to_write = self._to_write
-        taken = 0
-        size = 0
-        while to_write and taken < limit and size < WRITE_BATCH_BYTES:
-            entry = to_write.popleft()
-            if entry.state is not EntryState.QUEUED:
-                continue  # withdrawn, cancelled or answered meanwhile
-            entry.state = EntryState.TAKEN
-            entries.append(entry)
-            taken += 1
-            size += len(entry.text)
-        if self._bucket is not None and taken < limit:
-            # Tokens were taken for entries that turned out to be gone: give them back.
-            self._bucket.give_back(limit - taken)
-        self.queued -= taken
-        self.in_flight += taken
-        return controls, entries
+        controls = self.controls
+        self._owed.clear()
+        if self.status is not Status.CONFIRMED:
+            return controls, []
+        return controls, self.ledger.take(now, limit)
 
-    def writes_done(
-        self, generation: int, entries: Iterable[Entry], skipped: Iterable[Entry] = ()
-    ) -> list[Action]:
-        """The writer wrote ``entries``; ``skipped`` were cancelled before their write."""
-        actions: list[Action] = []
-        current = generation == self.generation
-        written = 0
-        for entry in entries:
-            written += 1
-            if entry.state is EntryState.TAKEN and current:
-                entry.state = EntryState.WRITTEN
-        self.sent += written
-        gone: list[str] = []
-        for entry in skipped:
-            if self.pending.get(entry.message_id) is entry:
-                self._finish(entry)
-                gone.append(entry.message_id)
-        if gone:
-            actions.append(Forget(tuple(gone)))
-            self._notify_if_drained()
-        return actions
+    def written(self, generation: int, owner: object, entries: list[Entry]) -> None:
+        """The write ``owner`` (a token from take_writes/send) put ``entries`` on the wire."""
+        self.ledger.written(owner, entries, current=generation == self.generation)
+        if self.has_writes():
+            self._wake(Wake.WRITER)
 
-    def discard(self, message_id: str, future: object = None) -> list[Action]:
-        """A future was cancelled: forget its message unless it was written already.
+    def not_written(
+        self, generation: int, owner: object, entries: list[Entry], error: BaseException | None,
+        now: float,
+    ) -> None:
+        """The write ``owner`` wrote nothing after all; ``error``: because the connection died."""
+        self.ledger.not_written(owner, entries, current=generation == self.generation)
+        if error is not None:
+            self.on_connection_lost(generation, error, now)
+        elif self.has_writes():
+            self._wake(Wake.WRITER)
 
-        With ``future``, only the message of that very future (an id may be reused later).
-        """
-        actions: list[Action] = []
-        entry = self.pending.get(message_id)
-        if entry is None or entry.state is EntryState.WRITTEN:
-            return actions
-        if future is not None and entry.future is not future:
-            return actions
-        # QUEUED, or TAKEN by the writer and not yet written: the future is cancelled, so the
-        # writer skips it. Forget it now, so a durable outbox drops it before cancel() returns.
-        self.abandon(message_id)
-        actions.append(Forget((message_id,)))
-        return actions
+    def on_internal_error(self, error: BaseException, now: float) -> None:
+        """A wsync thread hit a bug: whoever wrote gives up the turn; the connection is lost."""
+        self.ledger.writer = None
+        if self._conn_open:
+            self.on_connection_lost(self.generation, error, now)
+        elif self.has_writes():
+            self._wake(Wake.WRITER)

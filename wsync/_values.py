@@ -1,18 +1,55 @@
-"""Public value types: Status, ConnectionState, Stats, and client id validation.
+"""Public value types: Status, ConnectionState, Stats; the callback types; ids.
 
-Pure data: no I/O, no threads. ``Response`` is the protocol's response frame
-(``wsync.protocol.Response``) and is re-exported by ``wsync``.
+Pure data: no I/O, no threads, no locks. ``Response`` is the protocol's response frame
+(``wsync.protocol.Response``) and is re-exported by ``wsync``. The callback type aliases are
+defined here once, for the client, the engine and the dispatcher alike.
 """
 
 from __future__ import annotations
 
 import enum
+import random
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
-__all__ = ["CLIENT_ID_PATTERN", "ConnectionState", "Stats", "Status", "validate_client_id"]
+if TYPE_CHECKING:
+    from wsync._errors import ServerError
+    from wsync.protocol import Response
+
+__all__ = [
+    "CLIENT_ID_PATTERN",
+    "ConnectionState",
+    "ErrorCallback",
+    "ResponseCallback",
+    "StateCallback",
+    "Stats",
+    "Status",
+    "uuid4_text",
+    "validate_client_id",
+]
+
+#: ``on_state_change``: called with the new state on every transition, in order.
+StateCallback = Callable[["ConnectionState"], object]
+#: ``on_response``: called with every response frame received.
+ResponseCallback = Callable[["Response"], object]
+#: ``on_error``: called with every ``error`` frame received.
+ErrorCallback = Callable[["ServerError"], object]
+
+_getrandbits = random.getrandbits
+
+
+def uuid4_text() -> str:
+    """A random UUID version 4, as ``str(uuid.uuid4())`` writes it, several times faster.
+
+    Message ids must be unique, not secret: Python's own generator (re-seeded in a forked
+    child) gives 122 random bits without the system call ``uuid.uuid4()`` makes for each id.
+    """
+    n = (_getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 CLIENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -71,6 +108,9 @@ class ConnectionState:
         error: why the last attempt or connection failed, or None.
         attempt: the reconnect attempt number; 0 when confirmed (and for an immediate
             attempt started by ``connect()`` or ``reconnect()``).
+        close_code: the WebSocket close code the server sent when the connection that just
+            ended was closed by it (e.g. 1008, 1011), or None (no close frame: a reset, a
+            timeout, our own close). It also appears in ``error``.
     """
 
     status: Status
@@ -78,6 +118,7 @@ class ConnectionState:
     conversation_id: str | None = None
     error: str | None = None
     attempt: int = 0
+    close_code: int | None = None
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -88,6 +129,7 @@ class ConnectionState:
             ("client id", escape(self.client_id)),
             ("conversation id", escape(self.conversation_id or "—")),
             ("attempt", str(self.attempt)),
+            ("close code", "—" if self.close_code is None else str(self.close_code)),
             ("last error", escape(self.error or "—")),
         ]
         body = "".join(

@@ -345,7 +345,8 @@ class TestThreads:
                 t.name for t in threading.enumerate()
                 if t.name.startswith("wsync-") and not t.name.startswith("wsync-server")
             )
-        assert names == ["wsync-reader-1", "wsync-timer", "wsync-writer"]
+        n = c._engine.number
+        assert names == [f"wsync-reader-{n}.1", f"wsync-timer-{n}", f"wsync-writer-{n}"]
 
     def test_callbacks_thread_starts_with_the_first_callback(self, server: ProtocolServer) -> None:
         """A done-callback starts the callbacks thread and runs there."""
@@ -357,4 +358,5 @@ class TestThreads:
                 lambda _: (where.append(threading.current_thread().name), ran.set())
             )
             assert ran.wait(TIMEOUT)
-        assert where in (["wsync-callbacks"], [threading.current_thread().name])
+        callbacks = f"wsync-callbacks-{c._engine.number}"
+        assert where in ([callbacks], [threading.current_thread().name])

@@ -147,7 +147,7 @@ class TestCallbacks:
             c.send_and_wait("x", timeout=TIMEOUT)
             server.send_error("e")
             assert rec.wait(lambda r: len(r.errors) == 1 and len(r.responses) == 1)
-        assert rec.threads == {"wsync-callbacks"}
+        assert rec.threads == {f"wsync-callbacks-{c._engine.number}"}
 
     def test_send_and_wait_inside_a_callback(self, server: ProtocolServer) -> None:
         """send_and_wait() called from on_state_change gets its response: no deadlock."""
@@ -278,7 +278,7 @@ class TestForgottenClients:
         finished = threading.Event()
 
         def collect_while_locked() -> None:
-            with engine._lock:  # as if the collector ran inside one of the client's threads
+            with engine.lock:  # as if the collector ran inside one of the client's threads
                 engine.close_soon()
             finished.set()
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsync import protocol
-from wsync._engine import uuid4_text
+from wsync._values import uuid4_text
 
 
 class TestUuid4Text:

@@ -1,0 +1,49 @@
+"""Process lifecycle hooks: interpreter exit and fork; the only user of ``threading``'s
+private ``_register_atexit``.
+
+Its one job: run wsync's exit hook early enough and tell wsync about a fork. It must not
+know what the hooks do.
+
+Why ``threading._register_atexit``: at interpreter exit, ``threading._shutdown()`` runs the
+functions registered there (newest first), then joins every non-daemon thread, and only then
+does ``atexit`` run. ``concurrent.futures.thread`` registers its own hook there, which joins
+the pool's workers: a worker blocked in ``send_and_wait(timeout=None)`` would keep the
+process alive for ever before an ``atexit`` hook of ours could release it. So wsync's hook
+is registered there too, after importing ``concurrent.futures.thread`` (whose hook is then
+registered first, so ours runs before it). Where the private function is missing (a future
+Python), plain ``atexit`` is used; ``tests/unit/test_exit.py`` fails loudly on that change.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+
+def _early_atexit() -> Callable[[Callable[[], None]], None] | None:
+    register = getattr(threading, "_register_atexit", None)
+    return register if callable(register) else None
+
+
+def register(on_exit: Callable[[], None], *, after_fork_in_child: Callable[[], None]) -> None:
+    """Run ``on_exit`` at interpreter exit, before thread pools join their workers; run
+    ``after_fork_in_child`` in the child after every ``fork()``. Call once, at import."""
+    import concurrent.futures.thread  # noqa: F401 - registers the pools' hook before ours
+
+    early = _early_atexit()
+    if early is not None:
+        try:
+            early(on_exit)
+        except RuntimeError:  # imported during interpreter shutdown
+            atexit.register(on_exit)
+    else:
+        atexit.register(on_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=after_fork_in_child)

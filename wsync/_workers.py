@@ -1,0 +1,372 @@
+"""The client's background threads: a :class:`Writer`, a :class:`Timer`, a :class:`Reader` per
+connection.
+
+Its one job: what each wsync thread does with the socket and the clock, given its
+collaborators explicitly (a :class:`Host`: the engine's lock, machine and clock, and the two
+halves of a step, ``drain`` under the lock and ``carry_out`` outside it). It must not hold
+public operations, argument checks or the outbox's bookkeeping (the engine's), and it never
+runs user code: callbacks go through the dispatcher, futures are settled by the engine.
+
+Threads (each named ``wsync-<role>-<client>``, daemon only as a safety net; ``close()``
+joins them):
+
+==============================  ============================================================
+``wsync-reader-<client>.<n>``   one per connection: reads, decodes, feeds the machine,
+                                hands off. Never runs user code, never waits on a writer.
+``wsync-writer-<client>``       control frames first (connect, ping, pong), then messages in
+                                order, batched into one ``sendall``. A long queue flush never
+                                stops the reader, so a server that answers while we write
+                                cannot deadlock us. (With nothing queued or in flight,
+                                ``send()`` writes its message in its own thread if the socket
+                                has room at once: the engine's fast path; the ledger gives
+                                the turn to write to one writer at a time.)
+``wsync-timer-<client>``        deadlines: backoff delays, the attempt itself (a bounded,
+                                cancellable open), the confirm timeout, pings, pong timeout.
+``wsync-callbacks-<client>``    every user callback, in order (``_dispatch``); started with
+                                the first one, so a client without callbacks runs three.
+==============================  ============================================================
+
+One lock (the engine's) guards the machine and the engine's bookkeeping; the conditions
+that wake the writer, the timer and callers waiting in ``connect``/``flush`` all share it.
+Holding it means no I/O, no user code and no waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+from wsync import protocol
+from wsync._errors import ConnectError, ProtocolError
+from wsync._ledger import Entry
+from wsync._machine import Control, Machine
+from wsync._timers import Clock
+from wsync._transport import MalformedFrame, Transport, TransportClosed
+
+__all__ = ["Host", "MalformedLog", "Reader", "Timer", "Writer"]
+
+logger = logging.getLogger(__name__)
+
+# At most this many warnings about malformed frames per window; the rest are counted.
+MALFORMED_WARNINGS: Final = 5
+MALFORMED_WINDOW: Final = 10.0
+
+
+class Host(Protocol):
+    """What a worker needs from the engine."""
+
+    lock: threading.Lock
+    machine: Machine
+    clock: Clock
+    client_id: str
+
+    @property
+    def closing(self) -> bool: ...
+
+    def drain(self) -> list[Any]:
+        """Carry out under the lock what the machine buffered; return the rest.
+
+        Caller holds ``lock``.
+        """
+        ...
+
+    def carry_out(self, later: list[Any]) -> None:
+        """Carry out what ``drain`` left (I/O, futures). Caller does not hold ``lock``."""
+        ...
+
+    def transport(self, generation: int) -> Transport | None:
+        """The open connection of ``generation``, if any. Caller holds ``lock``."""
+        ...
+
+
+class MalformedLog:
+    """Warns about malformed frames a few times per window, then summarises with a count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # readers of two connections may overlap briefly
+        self._window_start = -MALFORMED_WINDOW
+        self._warned = 0
+        self._suppressed = 0
+
+    def report(self, reason: str, now: float) -> None:
+        with self._lock:
+            summary = 0
+            if now - self._window_start >= MALFORMED_WINDOW:
+                summary = self._suppressed
+                elapsed = now - self._window_start
+                self._window_start = now
+                self._warned = 0
+                self._suppressed = 0
+            warn = self._warned < MALFORMED_WARNINGS
+            if warn:
+                self._warned += 1
+            else:
+                self._suppressed += 1
+        if summary:
+            logger.warning(
+                "dropped %d more malformed frames in the last %.0f s", summary, elapsed
+            )
+        if warn:
+            logger.warning("dropped a malformed frame: %s", reason)
+
+
+def lost_error(prefix: str, exc: TransportClosed) -> ConnectError:
+    """The machine's view of a connection that ended: a ConnectError from ``exc``."""
+    error = ConnectError(f"{prefix}: {exc}", phase="connection")
+    error.__cause__ = exc
+    return error
+
+
+class Writer:
+    """The thread ``wsync-writer-<client>``: writes control frames, then batches of messages.
+
+    Args:
+        host: the engine.
+        name: the thread's name.
+    """
+
+    def __init__(self, host: Host, name: str) -> None:
+        self._host = host
+        self._cv = threading.Condition(host.lock)
+        # Connections that get a close frame from this thread when the client closes.
+        self.closing_transports: list[Transport] = []
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def wake(self) -> None:
+        """Something may be writable. Caller holds the lock."""
+        self._cv.notify()
+
+    def wake_all(self) -> None:
+        self._cv.notify_all()
+
+    def _main(self) -> None:
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception:
+                logger.exception("internal error in the writer thread")
+                if not _recover(self._host, self._cv):
+                    return
+
+    def _loop(self) -> None:
+        host = self._host
+        machine = host.machine
+        while True:
+            with host.lock:
+                while True:
+                    if host.closing:
+                        transports = list(self.closing_transports)
+                        break
+                    if machine.writable():
+                        now = host.clock()
+                        if not machine.controls:
+                            next_at = machine.next_write_at(now)
+                            if next_at is not None and next_at > now:
+                                self._cv.wait(next_at - now)
+                                continue
+                        generation = machine.generation
+                        controls, entries = machine.take_writes(generation, now)
+                        transport = host.transport(generation)
+                        break
+                    self._cv.wait()
+            if host.closing:
+                for each in transports:
+                    each.send_close()
+                return
+            self._write(generation, transport, controls, entries)
+
+    def _write(
+        self,
+        generation: int,
+        transport: Transport | None,
+        controls: Sequence[Control],
+        entries: list[Entry],
+    ) -> None:
+        host = self._host
+        texts = [control_text(control, host.client_id) for control in controls]
+        texts += [entry.text for entry in entries]
+        written = False
+        error: ConnectError | None = None
+        try:
+            if transport is not None:
+                transport.send_texts(texts)
+                written = True
+        except TransportClosed as exc:
+            error = lost_error("connection lost while writing", exc)
+        finally:
+            # Whatever happened, the turn to write is given back, so nothing stays wedged.
+            with host.lock:
+                if written:
+                    host.machine.written(generation, entries, entries)
+                else:
+                    # After a failed write nothing counts as written: the loss queues it all
+                    # again (and blames no message: it may not have reached the server).
+                    host.machine.not_written(generation, entries, entries, error, host.clock())
+                later = host.drain()
+            host.carry_out(later)
+        if written:
+            for entry in entries:
+                entry.future.mark_running()
+
+
+class Timer:
+    """The thread ``wsync-timer-<client>``: runs the machine's deadlines and opens connections.
+
+    Args:
+        host: the engine.
+        name: the thread's name.
+    """
+
+    def __init__(self, host: Host, name: str) -> None:
+        self._host = host
+        self._cv = threading.Condition(host.lock)
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def wake(self) -> None:
+        """A deadline may have moved. Caller holds the lock."""
+        self._cv.notify()
+
+    def wake_all(self) -> None:
+        self._cv.notify_all()
+
+    def _main(self) -> None:
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception:
+                logger.exception("internal error in the timer thread")
+                if not _recover(self._host, self._cv):
+                    return
+
+    def _loop(self) -> None:
+        host = self._host
+        machine = host.machine
+        while True:
+            with host.lock:
+                while True:
+                    if host.closing:
+                        return
+                    now = host.clock()
+                    machine.on_timer(now)
+                    later = host.drain()
+                    if later:
+                        break
+                    deadline = machine.next_deadline()
+                    self._cv.wait(None if deadline is None else max(0.0, deadline - now))
+            host.carry_out(later)  # an Open is carried out here, bounded by connect_timeout
+
+
+class Reader:
+    """The thread ``wsync-reader-<client>.<generation>``: reads one connection until it ends.
+
+    Args:
+        host: the engine.
+        generation: the connection's generation.
+        transport: the open connection.
+        malformed: where malformed frames are reported (rate-limited warnings).
+        name: the thread's name.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        generation: int,
+        transport: Transport,
+        malformed: MalformedLog,
+        name: str,
+    ) -> None:
+        self._host = host
+        self._generation = generation
+        self._transport = transport
+        self._malformed_log = malformed
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            logger.exception("internal error in the reader thread")
+            self._transport.abort()
+            host = self._host
+            error = ConnectError("internal error in the reader thread", phase="connection")
+            with host.lock:
+                host.machine.on_connection_lost(self._generation, error, host.clock())
+                later = host.drain()
+            host.carry_out(later)
+
+    def _loop(self) -> None:
+        host = self._host
+        lock = host.lock
+        machine = host.machine
+        clock = host.clock
+        transport = self._transport
+        generation = self._generation
+        decode = protocol.decode
+        while True:
+            try:
+                data = transport.recv()
+            except MalformedFrame as exc:
+                self._malformed(str(exc))
+                continue
+            except TransportClosed as exc:
+                lost = lost_error("connection lost", exc)
+                with lock:
+                    if getattr(exc, "violation", False):
+                        machine.on_malformed()  # the server broke RFC 6455: we failed it
+                    machine.on_connection_lost(
+                        generation, lost, clock(), close_code=getattr(exc, "close_code", None)
+                    )
+                    later = host.drain()
+                host.carry_out(later)
+                return
+            if type(data) is not str:
+                self._malformed(f"binary frame of {len(data)} bytes")
+                continue
+            try:
+                frame = decode(data)
+            except ProtocolError as exc:
+                self._malformed(f"{exc} ({len(data)} characters)")
+                continue
+            with lock:
+                machine.on_frame(generation, frame, clock())
+                later = host.drain()
+            if later:
+                host.carry_out(later)
+
+    def _malformed(self, reason: str) -> None:
+        host = self._host
+        with host.lock:
+            host.machine.on_malformed()
+        self._malformed_log.report(reason, time.monotonic())
+
+
+def control_text(control: Control, client_id: str) -> str:
+    """The frame text of a control frame, stamped now."""
+    if control is Control.PING:
+        return protocol.encode(protocol.Ping(timestamp=protocol.now()))
+    if control is Control.PONG:
+        return protocol.encode(protocol.Pong(timestamp=protocol.now()))
+    return protocol.encode(protocol.Connect(client_id=client_id, timestamp=protocol.now()))
+
+
+def _recover(host: Host, cv: threading.Condition) -> bool:
+    """After a bug in a loop: drop the connection (a fresh start), pause briefly, go on.
+
+    Returns False when the client is closing (the loop must end).
+    """
+    with host.lock:
+        if host.closing:
+            return False
+        cv.wait(0.1)  # never a hot loop of errors
+        machine = host.machine
+        error = ConnectError("internal error in a wsync thread", phase="connection")
+        machine.on_internal_error(error, host.clock())
+        later = host.drain()
+    host.carry_out(later)
+    return True
+
