@@ -1,50 +1,31 @@
 """ProtocolServer: the server side of the wsync protocol on localhost, with fault controls.
 
-This module's one job is running a wsync server for tests and demos on websockets' threaded
-server (``websockets.sync.server``): binding, threads, stopping, and the public face. What
-each connection answers lives in ``_state.py``; whatever this module needs of websockets
-beyond its documented API goes through ``_websockets_adapter.py``. It is not a production
-server: it keeps every message in memory and listens on loopback only unless told otherwise.
-
-Threads, every one named ``wsync-server-...``, a daemon, and joined by ``stop()``:
-
-- ``accept``: websockets' ``Server.serve_forever()``, accepting sockets.
-- ``conn-N``: one per accepted socket, started by websockets and renamed first thing:
-  TLS, HTTP upgrade, then reading frames and answering ``connect`` and ``ping`` at once.
-- ``recv-N``: websockets' socket reader for that connection (renamed).
-- ``worker-N``: the handler, responses when due (``response_delay``), clean closes and
-  ``drop_on()`` resets.
-- ``restart``: brings the server back after ``restart(wait=False)``.
-
-The worker earns its place: a slow handler or a response delay never stops the connection's
-reading, so pings are still answered and further messages still recorded meanwhile.
-The accept thread is a daemon, so the connection threads it starts are daemons too: a
-server that was never stopped cannot keep the interpreter alive. Threads are forgotten once
-they have ended (checked whenever the set of them has doubled), so a long-running server
-holds thread objects in proportion to its live connections, not to all it ever had.
+This module's one job is the public face of the test server: its options, properties, waits
+and fault switches, and the start/stop/restart sequence. What each connection answers lives
+in ``_state.py``; binding, accepting and the threads in ``_listener.py`` (its docstring
+lists them: every one named ``wsync-server-...``, a daemon, and joined by ``stop()``). Only
+``wsync-server-restart`` is started here, to bring the server back after
+``restart(wait=False)``. It is not a production server: it keeps every message in memory
+and listens on loopback only unless told otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, TypeVar
-
-from websockets.sync.server import Server, ServerConnection, serve
+from typing import Final, TypeVar
 
 from wsync.protocol import Error, Ping, encode, now
-from wsync.testing import _websockets_adapter as adapter
-from wsync.testing._state import GOING_AWAY, POLICY_VIOLATION, Peer, ServerState, send
+from wsync.testing._listener import Listener
+from wsync.testing._state import GOING_AWAY, POLICY_VIOLATION, ServerState, send
 from wsync.testing._support import (
     Handler,
     MessageFilter,
-    QuietLogger,
     Received,
     UpgradeRequest,
     abort_socket,
@@ -66,8 +47,6 @@ logger = logging.getLogger(__name__)
 _ORDERS: Final = ("fifo", "reverse", "shuffle")
 _T = TypeVar("_T")
 _RESTART_DOWN_TIMEOUT: Final = 5.0
-_PRUNE_FLOOR: Final = 32
-"""Thread objects kept before finished ones are first swept out."""
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2**20
 
 
@@ -140,23 +119,19 @@ class ProtocolServer:
         self.port = port
         self.ssl_context = ssl_context
         self._max_message_size = max_message_size
-        self._close_timeout = float(close_timeout)
-        self._open_timeout = float(open_timeout)
-        self._ws_logger = QuietLogger(logging.getLogger("wsync.testing.websockets"), {})
-        # Per connection thread: .number (the accepted socket's number) and .sock.
-        self._local = threading.local()
-        self._connection_class = adapter.connection_class(self._adopt_reader)
         self._state = ServerState(check_handler(handler))
+        self._listener = Listener(
+            self._state,
+            host=host,
+            ssl_context=ssl_context,
+            close_timeout=float(close_timeout),
+            open_timeout=float(open_timeout),
+            max_message_size=max_message_size,
+        )
         # Guarded by self._state.lock, like all of the state:
-        self._server: Server | None = None
-        self._accept_thread: threading.Thread | None = None
         self._stopping = False  # stop() was called: a restart under way must stay down
         self._restarting = False  # restart() is between going down and coming back
         self._restart_thread: threading.Thread | None = None
-        self._threads: set[threading.Thread] = set()  # threads started or adopted; see _track
-        self._prune_at = _PRUNE_FLOOR  # _threads' size at which finished ones are swept
-        self._sockets: dict[threading.Thread, socket.socket] = {}  # conn thread -> socket
-        self._accepted = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -168,10 +143,10 @@ class ProtocolServer:
             OSError: the port cannot be bound.
         """
         with self._state.lock:
-            if self._server is not None or self._restarting:
+            if self._listener.serving or self._restarting:
                 raise RuntimeError("the server is already running")
             self._stopping = False
-        self._open()
+        self._listen()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -192,8 +167,8 @@ class ProtocolServer:
             state.changed()
             if self._restart_thread is not threading.current_thread():
                 state.cond.wait_for(lambda: not self._restarting, deadline - time.monotonic())
-        self._shutdown(deadline, clean=True)
-        self._join_all(deadline)
+        self._listener.close(deadline, clean=True)
+        self._listener.join_all(deadline)
 
     def restart(self, down_for: float = 0.0, *, wait: bool = True) -> None:
         """Go down like a crashed server for ``down_for`` seconds, come back on the same port.
@@ -216,12 +191,12 @@ class ProtocolServer:
             raise ValueError(f"down_for must be >= 0, got {down_for!r}")
         state = self._state
         with state.lock:
-            if self._server is None or self._restarting:
+            if not self._listener.serving or self._restarting:
                 raise RuntimeError("restart() needs a running server and no restart under way")
             self._restarting = True
         background = False
         try:
-            self._shutdown(time.monotonic() + _RESTART_DOWN_TIMEOUT, clean=False)
+            self._listener.close(time.monotonic() + _RESTART_DOWN_TIMEOUT, clean=False)
             if wait:
                 self._come_back(down_for)
                 return
@@ -233,7 +208,7 @@ class ProtocolServer:
                     daemon=True,
                 )
                 self._restart_thread = thread
-                self._track(thread)
+                self._listener.track(thread)
                 thread.start()  # under the lock, so that stop() cannot miss it
                 background = True
         finally:
@@ -586,69 +561,16 @@ class ProtocolServer:
             self._restart_thread = None
             self._state.changed()
 
-    def _track(self, thread: threading.Thread) -> None:
-        """Remember a thread for stop() to join. Caller holds the lock.
-
-        Finished threads are swept out whenever the set has doubled since the last sweep:
-        amortised O(1) per thread, and at most twice the live threads (or the floor) kept.
-        """
-        assert self._state.lock.locked()
-        if len(self._threads) >= self._prune_at:
-            self._threads = {t for t in self._threads if t.is_alive()}
-            self._prune_at = max(_PRUNE_FLOOR, 2 * len(self._threads))
-        self._threads.add(thread)
-
-    def _adopt_reader(self, thread: threading.Thread) -> None:
-        """Name and track websockets' socket reader; runs on ``wsync-server-conn-N``."""
-        with self._state.lock:
-            thread.name = f"wsync-server-recv-{getattr(self._local, 'number', 0)}"
-            self._track(thread)
-
-    def _open(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.create_server((self.host, self.port), family=family)
-        port = listener.getsockname()[1]  # serve() detaches listener to wrap it for TLS
-        try:
-            server = serve(
-                self._serve_connection,
-                sock=listener,
-                **adapter.serve_options(
-                    ssl=self.ssl_context,
-                    process_request=self._state.on_upgrade,
-                    compression=None,
-                    open_timeout=self._open_timeout,
-                    # The protocol has its own ping; websockets' would interfere.
-                    ping_interval=None,
-                    close_timeout=self._close_timeout,
-                    max_size=self._max_message_size,
-                    # Frames not consumed soon stop the socket being read: see stall().
-                    max_queue=1,
-                    logger=self._ws_logger,
-                    create_connection=self._connection_class,
-                ),
-            )
-        except BaseException:
-            listener.close()
-            raise
-        adapter.hook_accept(server, self._on_accept)
-        with self._state.lock:
-            self._server = server
-            self.port = port
-            self._state.running = True
-            accept = threading.Thread(
-                target=server.serve_forever, name="wsync-server-accept", daemon=True
-            )
-            self._accept_thread = accept
-            self._track(accept)
-            accept.start()  # a daemon, so the connection threads it starts are daemons too
-            self._state.changed()
-        logger.debug("test server listening on %s", self.url)
-
     def _come_back(self, down_for: float) -> None:
         with self._state.lock:
             if self._state.cond.wait_for(lambda: self._stopping, down_for):
                 return  # stop() came first: stay down
-        self._open()
+        self._listen()
+
+    def _listen(self) -> None:
+        # The port changes only on the first bind (port=0); restarts reuse it.
+        self.port = self._listener.open(self.port)
+        logger.debug("test server listening on %s", self.url)
 
     def _come_back_later(self, down_for: float) -> None:
         try:
@@ -657,107 +579,3 @@ class ProtocolServer:
             logger.error("test server could not listen again on port %d", self.port, exc_info=True)
         finally:
             self._restart_done()
-
-    def _shutdown(self, deadline: float, *, clean: bool) -> None:
-        """Stop listening and end every connection; clean closes get a grace period."""
-        state = self._state
-        with state.lock:
-            server, self._server = self._server, None
-            accept, self._accept_thread = self._accept_thread, None
-            if server is None:
-                return
-            state.running = False
-            sockets = dict(self._sockets)
-        peers = state.close_peers(GOING_AWAY if clean else None, everyone=True)
-        upgraded = {id(peer.sock) for peer in peers}
-        for sock in sockets.values():
-            if not clean or id(sock) not in upgraded:
-                abort_socket(sock)  # nothing to say to a socket that is no WebSocket yet
-        if clean:
-            self._join(list(sockets), min(deadline, time.monotonic() + self._close_timeout))
-            for sock in sockets.values():
-                abort_socket(sock)
-        self._join(list(sockets), deadline)
-        # The connection threads are done (a reset socket ends them at once), so this returns
-        # at once whatever the websockets release: see the adapter.
-        adapter.stop_listening(server)
-        if accept is not None:
-            self._join([accept], deadline)
-            if accept.is_alive():
-                return  # _join_all names it; its pipe stays open rather than closed under it
-        adapter.release(server)
-
-    @staticmethod
-    def _join(threads: list[threading.Thread], deadline: float) -> None:
-        me = threading.current_thread()
-        for thread in threads:
-            if thread is not me:
-                thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _join_all(self, deadline: float) -> None:
-        me = threading.current_thread()
-        while True:
-            with self._state.lock:
-                self._threads = {t for t in self._threads if t.is_alive()}
-                self._prune_at = max(_PRUNE_FLOOR, 2 * len(self._threads))
-                alive = [t for t in self._threads if t is not me]
-            if not alive:
-                return
-            if time.monotonic() >= deadline:
-                names = ", ".join(sorted(t.name for t in alive))
-                logger.warning("test server threads still running after stop(): %s", names)
-                return
-            self._join(alive[:1], deadline)
-
-    def _on_accept(self, handle: adapter.SocketHandler, sock: socket.socket, addr: Any) -> None:
-        """Runs first on every thread websockets starts for an accepted socket."""
-        thread = threading.current_thread()
-        with self._state.lock:
-            self._accepted += 1
-            self._local.number = self._accepted
-            self._local.sock = sock
-            thread.name = f"wsync-server-conn-{self._accepted}"
-            self._track(thread)
-            refuse = not self._state.running
-            if not refuse:
-                self._sockets[thread] = sock
-        if refuse:
-            # Accepted as the server went down. websockets still gets the (reset) socket: it
-            # must see every thread it started end (from 17 on, shutdown() waits for them).
-            abort_socket(sock)
-        try:
-            handle(sock, addr)  # websockets: TLS, upgrade, _serve_connection, close
-        finally:
-            with self._state.lock:
-                self._sockets.pop(thread, None)
-                self._state.changed()
-
-    def _serve_connection(self, conn: ServerConnection) -> None:
-        """websockets' connection handler: runs on ``wsync-server-conn-N`` after the upgrade."""
-        state = self._state
-        with state.lock:
-            if not state.running:
-                return
-            state.connections_total += 1
-            peer = Peer(
-                getattr(self._local, "number", 0), state.connections_total, conn, self._local.sock
-            )
-            state.peers[peer.index] = peer
-            worker = threading.Thread(
-                target=state.work,
-                args=(peer,),
-                name=f"wsync-server-worker-{peer.number}",
-                daemon=True,
-            )
-            self._track(worker)
-            worker.start()  # under the lock, so that stop() cannot miss it
-            state.changed()
-        try:
-            state.read(peer)
-        except Exception:
-            logger.exception("test server: internal error on connection %d", peer.index)
-        finally:
-            with state.lock:
-                peer.finished = True
-                del state.peers[peer.index]
-                state.changed()

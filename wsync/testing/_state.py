@@ -1,16 +1,18 @@
 """The test server's shared state, and the protocol each of its connections speaks.
 
-One job: decide what the server answers, when, and keep count. ``ProtocolServer``
-(``_server.py``) owns the sockets, websockets' server and the threads' lifecycle; nothing
-here opens a socket, starts a thread or touches websockets beyond its documented API. These
+One job: decide what the server answers, when, and keep count. ``Listener``
+(``_listener.py``) owns the sockets, websockets' server and the threads' lifecycle, and
+``ProtocolServer`` (``_server.py``) the public face; nothing here opens a socket, starts a
+thread or touches websockets beyond its documented API (resetting a socket aside). These
 methods run on the server's threads: ``on_upgrade()`` and ``read()`` on
 ``wsync-server-conn-N``, ``work()`` on ``wsync-server-worker-N``.
 
 One ``threading.Lock`` (``ServerState.lock``, with the condition ``cond``) guards every
 field of ``ServerState``, of its ``Faults`` and of each ``Peer`` except ``Peer.conn`` and
-``Peer.sock``, and the lifecycle fields of ``ProtocolServer``. It is never held around
-socket I/O or user code (handlers, ``drop_on`` predicates). Every change of state bumps
-``generation`` and notifies ``cond``: the ``wait*`` helpers and the workers wait on it.
+``Peer.sock``, and the lifecycle fields of ``ProtocolServer`` and ``Listener``. It is never
+held around socket I/O or user code (handlers, ``drop_on`` predicates). Every change of
+state bumps ``generation`` and notifies ``cond``: the ``wait*`` helpers and the workers
+wait on it.
 """
 
 from __future__ import annotations
