@@ -326,6 +326,11 @@ class TestDropConnections:
         ws.shutdown()  # websocket-client answers the close but leaves closing TCP to us
         assert server.wait_until(lambda: server.live_connections == 0, TIMEOUT)
 
+    def test_unsendable_clean_close_code_is_refused(self, server: ProtocolServer) -> None:
+        """A clean drop with a reserved close code raises ValueError at the call."""
+        with pytest.raises(ValueError, match="code"):
+            server.drop_connections(clean=True, code=1006)
+
 
 class TestPongs:
     def test_paused_pongs_leave_pings_unanswered_but_messages_flow(
