@@ -773,6 +773,7 @@ class TestRequireToken:
 class TestForgetsFinishedConnections:
     CYCLES = 1_000
 
+    @pytest.mark.slow
     def test_thread_objects_held_follow_live_connections(self) -> None:
         """After 1,000 connect/close cycles the server holds a bounded number of thread objects."""
         seen: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # those not collected yet
