@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import random
 import ssl
 import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,13 +95,18 @@ def silent(ws: websocket.WebSocket) -> bool:
     return False
 
 
-def close_code(ws: websocket.WebSocket) -> int:
-    """Read frames until a close frame and return its code."""
+def close_frame(ws: websocket.WebSocket) -> tuple[int, str]:
+    """Read frames until a close frame and return its code and reason."""
     while True:
         opcode, frame = ws.recv_data_frame(True)
         if opcode == ABNF.OPCODE_CLOSE:
             code: int = struct.unpack("!H", frame.data[:2])[0]
-            return code
+            return code, frame.data[2:].decode()
+
+
+def close_code(ws: websocket.WebSocket) -> int:
+    """Read frames until a close frame and return its code."""
+    return close_frame(ws)[0]
 
 
 def server_threads() -> list[str]:
@@ -317,6 +325,11 @@ class TestDropConnections:
         assert close_code(ws) == 1012
         ws.shutdown()  # websocket-client answers the close but leaves closing TCP to us
         assert server.wait_until(lambda: server.live_connections == 0, TIMEOUT)
+
+    def test_unsendable_clean_close_code_is_refused(self, server: ProtocolServer) -> None:
+        """A clean drop with a reserved close code raises ValueError at the call."""
+        with pytest.raises(ValueError, match="code"):
+            server.drop_connections(clean=True, code=1006)
 
 
 class TestPongs:
@@ -596,3 +609,187 @@ class TestLifecycle:
         """A wait whose condition never comes true returns False at its timeout."""
         assert server.wait_for_received(1, timeout=0.05) is False
         assert server.wait_until(lambda: server.pings_received > 0, timeout=0.05) is False
+
+
+class TestDropOn:
+    def test_poison_message_resets_after_earlier_responses(
+        self, server: ProtocolServer, clients: Connect
+    ) -> None:
+        """A matching message is recorded, not answered, and reset after earlier responses."""
+        release = threading.Event()
+
+        def slow(content: str, client_id: str) -> str:
+            release.wait(TIMEOUT)
+            return content
+
+        server.handler = slow
+        server.drop_on("poison")
+        ws = clients()
+        handshake(ws)
+        message(ws, "fine", "m-1")  # its handler blocks, so the reset cannot come yet
+        message(ws, "poison", "m-2")
+        message(ws, "after", "m-3")
+        assert server.wait_for_received(2, TIMEOUT)
+        release.set()
+        assert recv_json(ws)["messageId"] == "m-1"
+        with pytest.raises(DROPPED):
+            ws.recv()
+        assert server.wait_until(lambda: server.dropped_on_message_total == 1, TIMEOUT)
+        assert server.wait_until(lambda: server.live_connections == 0, TIMEOUT)
+        assert [r.message_id for r in server.received] == ["m-1", "m-2"]
+
+    def test_callable_filter_stays_on_until_none(
+        self, server: ProtocolServer, clients: Connect
+    ) -> None:
+        """A callable filter drops every connection it matches on, until drop_on(None)."""
+        server.drop_on(lambda content: content.startswith("x"))
+        for attempt in range(2):
+            ws = clients()
+            handshake(ws)
+            message(ws, f"x-{attempt}", f"m-{attempt}")
+            with pytest.raises(DROPPED):
+                ws.recv()
+        server.drop_on(None)
+        ws = clients()
+        handshake(ws)
+        message(ws, "x-again", "m-ok")
+        assert recv_json(ws)["content"] == "x-again"
+        assert server.dropped_on_message_total == 2
+
+    def test_filter_that_raises_does_not_match(
+        self, server: ProtocolServer, clients: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A filter that raises is logged as a warning and the message is answered."""
+
+        def broken(content: str) -> bool:
+            raise RuntimeError("filter bug")
+
+        server.drop_on(broken)
+        ws = clients()
+        handshake(ws)
+        with caplog.at_level(logging.WARNING, logger="wsync.testing"):
+            message(ws, "secret content", "m-1")
+            assert recv_json(ws)["messageId"] == "m-1"
+        assert "drop_on filter failed for message m-1" in caplog.text
+        assert "secret content" not in caplog.text
+
+    def test_bad_match_is_refused(self, server: ProtocolServer) -> None:
+        """drop_on() takes a str, a callable or None."""
+        with pytest.raises(TypeError, match="match"):
+            server.drop_on(42)  # type: ignore[arg-type]
+
+
+class TestMaxMessageSize:
+    def test_message_over_the_limit_closes_with_1009(self, clients: Connect) -> None:
+        """A message over max_message_size closes its connection with 1009 and is not recorded."""
+        with ProtocolServer(max_message_size=200) as server:
+            ws = clients(server.url)
+            handshake(ws)
+            message(ws, "small", "m-1")
+            assert recv_json(ws)["content"] == "small"
+            message(ws, "x" * 200, "m-big")
+            assert close_code(ws) == 1009
+            ws.shutdown()
+            assert server.wait_until(lambda: server.oversized_total == 1, TIMEOUT)
+            assert [r.message_id for r in server.received] == ["m-1"]
+
+    def test_default_is_one_mebibyte(self) -> None:
+        """The default limit is websockets' 1 MiB; None lifts it."""
+        assert ProtocolServer().max_message_size == 2**20
+        assert ProtocolServer(max_message_size=None).max_message_size is None
+
+    @pytest.mark.parametrize(("size", "error"), [(0, ValueError), ("1", TypeError)])
+    def test_bad_size_is_refused(self, size: Any, error: type[Exception]) -> None:
+        """max_message_size must be an int >= 1 or None."""
+        with pytest.raises(error, match="max_message_size"):
+            ProtocolServer(max_message_size=size)
+
+
+class TestCloseAfterConfirm:
+    def test_confirmed_then_closed_with_code_and_reason(
+        self, server: ProtocolServer, clients: Connect
+    ) -> None:
+        """The next n connections are confirmed, then closed with the code and reason."""
+        server.close_after_confirm(2, code=1008, reason="token revoked")
+        for _ in range(2):
+            ws = clients()
+            assert handshake(ws)["status"] == "confirmed"
+            assert close_frame(ws) == (1008, "token revoked")
+        ws = clients()
+        handshake(ws)
+        ping(ws)
+        assert recv_json(ws)["type"] == "pong"
+        assert server.handshakes_total == 3
+
+    @pytest.mark.parametrize(
+        ("code", "reason", "error"),
+        [
+            (1006, "", ValueError),
+            (999, "", ValueError),
+            (1008, "x" * 124, ValueError),
+            (1008.0, "", TypeError),
+        ],
+    )
+    def test_unsendable_close_is_refused(
+        self, server: ProtocolServer, code: Any, reason: str, error: type[Exception]
+    ) -> None:
+        """A reserved or out-of-range code, or a reason over 123 bytes, is refused at the call."""
+        with pytest.raises(error):
+            server.close_after_confirm(code=code, reason=reason)
+
+
+class TestRequireToken:
+    def test_upgrade_needs_the_current_token(
+        self, server: ProtocolServer, clients: Connect
+    ) -> None:
+        """Without the bearer token the upgrade gets 401; rotating it refuses the old one."""
+        server.require_token("t0ken-1")
+        with pytest.raises(WebSocketBadStatusException) as missing:
+            clients()
+        assert missing.value.status_code == 401
+        first = clients(header=["Authorization: Bearer t0ken-1"])
+        server.require_token("t0ken-2")
+        with pytest.raises(WebSocketBadStatusException) as stale:
+            clients(header=["Authorization: Bearer t0ken-1"])
+        assert stale.value.status_code == 401
+        handshake(clients(header=["Authorization: Bearer t0ken-2"]))
+        assert handshake(first)["status"] == "confirmed"  # open connections stay open
+        server.require_token(None)
+        handshake(clients())
+        assert server.unauthorized_total == 2
+        assert server.connections_total == 3
+
+    @pytest.mark.parametrize(
+        ("token", "error"), [("", ValueError), ("a b", ValueError), (5, TypeError)]
+    )
+    def test_bad_token_is_refused(
+        self, server: ProtocolServer, token: Any, error: type[Exception]
+    ) -> None:
+        """A token must be a non-empty str without whitespace, or None."""
+        with pytest.raises(error, match="token"):
+            server.require_token(token)
+
+
+class TestForgetsFinishedConnections:
+    CYCLES = 1_000
+
+    @pytest.mark.slow
+    def test_thread_objects_held_follow_live_connections(self) -> None:
+        """After 1,000 connect/close cycles the server holds a bounded number of thread objects."""
+        seen: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # those not collected yet
+        names: set[str] = set()
+        with ProtocolServer() as server:
+            for _ in range(self.CYCLES):
+                ws = websocket.create_connection(server.url, timeout=TIMEOUT)
+                handshake(ws)  # by the confirm, conn, recv and worker threads all run
+                threads = [t for t in threading.enumerate() if t.name.startswith("wsync-server")]
+                seen.update(threads)
+                names.update(t.name for t in threads)
+                ws.shutdown()
+            assert server.wait_until(lambda: server.live_connections == 0, TIMEOUT)
+            assert len(names) == 1 + 3 * self.CYCLES
+            for thread in list(seen):
+                if thread.name != "wsync-server-accept":
+                    thread.join(TIMEOUT)
+            gc.collect()
+            assert len(seen) < 50

@@ -1,52 +1,42 @@
-"""ProtocolServer: the server side of PROTOCOL.md on localhost, with fault controls.
+"""ProtocolServer: the server side of the wsync protocol on localhost, with fault controls.
 
-This module's one job is running a wsync server for tests and demos on websockets' threaded
-server (``websockets.sync.server``): binding, threads, stopping, and the public face. What
-each connection answers lives in ``_state.py``. It is not a production server: it keeps
-every message in memory and listens on loopback only unless told otherwise.
-
-Threads, every one named ``wsync-server-...``, a daemon, and joined by ``stop()``:
-
-- ``accept``: websockets' ``Server.serve_forever()``, accepting sockets.
-- ``conn-N``: one per accepted socket, started by websockets and renamed first thing:
-  TLS, HTTP upgrade, then reading frames and answering ``connect`` and ``ping`` at once.
-- ``recv-N``: websockets' socket reader for that connection (renamed).
-- ``worker-N``: the handler, responses when due (``response_delay``), clean closes.
-- ``restart``: brings the server back after ``restart(wait=False)``.
-
-The worker earns its place: a slow handler or a response delay never stops the connection's
-reading, so pings are still answered and further messages still recorded meanwhile.
-The accept thread is a daemon, so the connection threads it starts are daemons too: a
-server that was never stopped cannot keep the interpreter alive.
+This module's one job is the public face of the test server: its options, properties, waits
+and fault switches, and the start/stop/restart sequence. What each connection answers lives
+in ``_state.py``; binding, accepting and the threads in ``_listener.py`` (its docstring
+lists them: every one named ``wsync-server-...``, a daemon, and joined by ``stop()``). Only
+``wsync-server-restart`` is started here, to bring the server back after
+``restart(wait=False)``. It is not a production server: it keeps every message in memory
+and listens on loopback only unless told otherwise.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, TypeVar
-
-from websockets.sync.server import Server, ServerConnection, serve
+from typing import Final, TypeVar
 
 from wsync.protocol import Error, Ping, encode, now
-from wsync.testing._state import GOING_AWAY, Peer, ServerState, send
+from wsync.testing._listener import Listener
+from wsync.testing._state import GOING_AWAY, POLICY_VIOLATION, ServerState, send
 from wsync.testing._support import (
     Handler,
-    QuietLogger,
+    MessageFilter,
     Received,
     UpgradeRequest,
     abort_socket,
+    check_close,
     check_count,
     check_handler,
     check_host,
+    check_message_filter,
     check_options,
+    check_size,
+    check_token,
     url_host,
 )
 
@@ -57,6 +47,7 @@ logger = logging.getLogger(__name__)
 _ORDERS: Final = ("fifo", "reverse", "shuffle")
 _T = TypeVar("_T")
 _RESTART_DOWN_TIMEOUT: Final = 5.0
+DEFAULT_MAX_MESSAGE_SIZE: Final = 2**20
 
 
 class ProtocolServer:
@@ -72,7 +63,8 @@ class ProtocolServer:
     malformed frame (not JSON, binary, a field missing or mistyped, a type only servers
     send) gets an ``error`` frame and is counted in ``malformed_total``; the connection
     stays open. A ``connect`` with a version other than ``1.x`` is refused like
-    ``reject_handshakes()`` does.
+    ``reject_handshakes()`` does. A message larger than ``max_message_size`` closes its
+    connection with code 1009 (counted in ``oversized_total``).
 
     Every method is thread-safe. Waits are bounded by their ``timeout`` and return False
     when it passes, so tests assert the result instead of sleeping::
@@ -88,18 +80,24 @@ class ProtocolServer:
             a ``start()`` after ``stop()`` reuse that port.
         handler: ``handler(content, client_id) -> str | None`` makes each response's
             content; None sends no response. Default: echo. It runs on the connection's
-            worker thread, so a slow handler delays later responses on that connection
-            only. If it raises, the message gets an ``error`` frame ("handler failed").
+            worker thread (``wsync-server-worker-N``), so a slow handler delays later
+            responses on that connection only. If it raises, the message gets an
+            ``error`` frame ("handler failed").
         ssl_context: a server-side ``ssl.SSLContext``, to serve ``wss://``.
         allow_remote: allow a ``host`` that is not loopback.
         close_timeout: seconds a clean close waits for the client's close frame before
             resetting the connection.
         open_timeout: seconds a new socket gets for TLS and the HTTP upgrade.
+        max_message_size: the largest message, in bytes, the server reads (default 1 MiB,
+            as websockets). A larger one makes the server close that connection with code
+            1009 ("message too big") without reading it; the message is not recorded.
+            None: no limit.
 
     Raises:
         ValueError: a non-loopback ``host`` without ``allow_remote``, a port out of range,
-            or a timeout that is not positive.
-        TypeError: ``handler`` is not callable, or ``ssl_context`` is not an SSLContext.
+            a timeout that is not positive, or a ``max_message_size`` below 1.
+        TypeError: ``handler`` is not callable, ``ssl_context`` is not an SSLContext, or
+            ``max_message_size`` is neither an int nor None.
     """
 
     def __init__(
@@ -112,26 +110,28 @@ class ProtocolServer:
         allow_remote: bool = False,
         close_timeout: float = 1.0,
         open_timeout: float = 5.0,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         check_host(host, allow_remote=allow_remote)
         check_options(port, ssl_context, close_timeout=close_timeout, open_timeout=open_timeout)
+        check_size("max_message_size", max_message_size)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self._close_timeout = float(close_timeout)
-        self._open_timeout = float(open_timeout)
-        self._ws_logger = QuietLogger(logging.getLogger("wsync.testing.websockets"), {})
-        self._local = threading.local()  # .number: the accepted socket's number, per conn thread
-        self._connection_class = self._make_connection_class()
+        self._max_message_size = max_message_size
         self._state = ServerState(check_handler(handler))
+        self._listener = Listener(
+            self._state,
+            host=host,
+            ssl_context=ssl_context,
+            close_timeout=float(close_timeout),
+            open_timeout=float(open_timeout),
+            max_message_size=max_message_size,
+        )
         # Guarded by self._state.lock, like all of the state:
-        self._server: Server | None = None
         self._stopping = False  # stop() was called: a restart under way must stay down
         self._restarting = False  # restart() is between going down and coming back
         self._restart_thread: threading.Thread | None = None
-        self._threads: set[threading.Thread] = set()  # every thread started or adopted
-        self._sockets: dict[threading.Thread, socket.socket] = {}  # conn thread -> socket
-        self._accepted = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -143,10 +143,10 @@ class ProtocolServer:
             OSError: the port cannot be bound.
         """
         with self._state.lock:
-            if self._server is not None or self._restarting:
+            if self._listener.serving or self._restarting:
                 raise RuntimeError("the server is already running")
             self._stopping = False
-        self._open()
+        self._listen()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -167,14 +167,14 @@ class ProtocolServer:
             state.changed()
             if self._restart_thread is not threading.current_thread():
                 state.cond.wait_for(lambda: not self._restarting, deadline - time.monotonic())
-        self._shutdown(deadline, clean=True)
-        self._join_all(deadline)
+        self._listener.close(deadline, clean=True)
+        self._listener.join_all(deadline)
 
     def restart(self, down_for: float = 0.0, *, wait: bool = True) -> None:
         """Go down like a crashed server for ``down_for`` seconds, come back on the same port.
 
         Every connection is reset (no WebSocket close) and the port refuses connections
-        while down. Counters and ``received`` carry on.
+        while down. Counters, fault switches and ``received`` carry on.
 
         Args:
             down_for: seconds to stay down.
@@ -191,12 +191,12 @@ class ProtocolServer:
             raise ValueError(f"down_for must be >= 0, got {down_for!r}")
         state = self._state
         with state.lock:
-            if self._server is None or self._restarting:
+            if not self._listener.serving or self._restarting:
                 raise RuntimeError("restart() needs a running server and no restart under way")
             self._restarting = True
         background = False
         try:
-            self._shutdown(time.monotonic() + _RESTART_DOWN_TIMEOUT, clean=False)
+            self._listener.close(time.monotonic() + _RESTART_DOWN_TIMEOUT, clean=False)
             if wait:
                 self._come_back(down_for)
                 return
@@ -208,12 +208,12 @@ class ProtocolServer:
                     daemon=True,
                 )
                 self._restart_thread = thread
-                self._threads.add(thread)
+                self._listener.track(thread)
                 thread.start()  # under the lock, so that stop() cannot miss it
                 background = True
         finally:
             if not background:
-                self._set(_restarting=False)
+                self._restart_done()
 
     def __enter__(self) -> ProtocolServer:
         return self.start()
@@ -247,6 +247,11 @@ class ProtocolServer:
         self._state.handler = check_handler(handler)
 
     @property
+    def max_message_size(self) -> int | None:
+        """The largest message in bytes the server reads (None: no limit); see the class."""
+        return self._max_message_size
+
+    @property
     def listening(self) -> bool:
         """True while the server accepts connections (False when stopped or down)."""
         return self._locked(lambda s: s.running)
@@ -275,7 +280,8 @@ class ProtocolServer:
     def handshakes_total(self) -> int:
         """Genuine ``connect_confirm`` frames sent (refused and mismatched ones excluded).
 
-        Like every counter here, it is updated before the frame is written.
+        Like every counter here unless it says otherwise, it is updated before the frame
+        is written.
         """
         return self._locked(lambda s: s.handshakes_total)
 
@@ -295,6 +301,25 @@ class ProtocolServer:
         return self._locked(lambda s: s.malformed_total)
 
     @property
+    def oversized_total(self) -> int:
+        """Connections closed with 1009 for a message over ``max_message_size``.
+
+        Counted once the connection has ended (after the close handshake), so a client
+        may see the close frame first: wait with ``wait_until``.
+        """
+        return self._locked(lambda s: s.oversized_total)
+
+    @property
+    def dropped_on_message_total(self) -> int:
+        """Connections reset by ``drop_on()``; counted just before the reset."""
+        return self._locked(lambda s: s.dropped_on_message_total)
+
+    @property
+    def unauthorized_total(self) -> int:
+        """Upgrade requests refused with HTTP 401 by ``require_token()``."""
+        return self._locked(lambda s: s.unauthorized_total)
+
+    @property
     def held_responses(self) -> int:
         """Responses held back by ``hold_responses()`` and not released yet."""
         return self._locked(lambda s: len(s.held))
@@ -306,13 +331,14 @@ class ProtocolServer:
         Read as each message arrives. The delay runs on the connection's worker: the
         connection keeps reading, and answering pings, meanwhile.
         """
-        return self._locked(lambda s: s.response_delay)
+        return self._locked(lambda s: s.faults.response_delay)
 
     @response_delay.setter
     def response_delay(self, seconds: float) -> None:
         if not seconds >= 0:
             raise ValueError(f"response_delay must be >= 0, got {seconds!r}")
-        self._state.set(response_delay=float(seconds))
+        with self._state.changing() as faults:
+            faults.response_delay = float(seconds)
 
     # -- waiting ------------------------------------------------------------------------------
 
@@ -347,20 +373,96 @@ class ProtocolServer:
                 network loss. True sends a close frame with ``code`` instead (the close
                 handshake then completes on each connection's worker).
             code: the close code of a clean close.
+
+        Raises:
+            ValueError: ``code`` is not one an endpoint may send (with ``clean=True``).
         """
+        if clean:
+            check_close(code, "")
         peers = self._state.close_peers(code if clean else None)
         if not clean:
             for peer in peers:
-                abort_socket(peer.conn.socket)
+                abort_socket(peer.sock)
         return len(peers)
+
+    def drop_on(self, match: str | MessageFilter | None) -> None:
+        """Reset the connection whenever a matching ``message`` arrives: a poison message.
+
+        The message is recorded in ``received`` but never handled or answered; responses
+        to the messages before it on that connection are still written (when due), then
+        the TCP connection is reset with no close frame, like a server process that
+        crashes on it, and counted in ``dropped_on_message_total``. Nothing that came after
+        it on that connection is recorded or answered. Stays on, for every connection,
+        until ``drop_on(None)``.
+
+        Args:
+            match: a str matches a message whose content equals it; a callable
+                ``match(content) -> bool`` decides (it runs on ``wsync-server-conn-N``
+                with no server lock held; if it raises, the message does not match and a
+                warning is logged); None turns the fault off.
+
+        Raises:
+            TypeError: ``match`` is neither a str, a callable nor None.
+        """
+        matcher = check_message_filter(match)
+        with self._state.changing() as faults:
+            faults.drop_on = matcher
+
+    def close_after_confirm(
+        self, n: int = 1, *, code: int = POLICY_VIOLATION, reason: str = ""
+    ) -> None:
+        """Close each of the next ``n`` connections right after confirming it.
+
+        The ``connect`` is confirmed normally (and counted in ``handshakes_total``); then
+        the server sends a close frame with ``code`` and ``reason``, as a server does that
+        revokes a credential or crashes right after accepting. Messages that arrive
+        meanwhile are neither recorded nor answered. A later call replaces the count.
+
+        Args:
+            n: how many connections.
+            code: the close code, e.g. 1008 (policy violation) or 1011 (internal error).
+            reason: the close reason, at most 123 bytes of UTF-8.
+
+        Raises:
+            ValueError: ``n`` is negative, ``code`` is not one an endpoint may send, or
+                ``reason`` is too long.
+            TypeError: ``code`` is not an int or ``reason`` not a str.
+        """
+        count = check_count("n", n)
+        code, reason = check_close(code, reason)
+        with self._state.changing() as faults:
+            faults.close_after_confirm = count
+            faults.close_after_confirm_code = code
+            faults.close_after_confirm_reason = reason
+
+    def require_token(self, token: str | None) -> None:
+        """Refuse every HTTP upgrade without ``Authorization: Bearer <token>`` with 401.
+
+        Calling it again with another token rotates it: from then on only the new one
+        passes (connections already open stay open; see ``drop_connections()``). None
+        turns the check off. Refused requests still appear in ``upgrade_requests`` and
+        count in ``unauthorized_total``. ``refuse_upgrades()`` is applied first.
+
+        Args:
+            token: the bearer token, or None.
+
+        Raises:
+            TypeError: ``token`` is neither a str nor None.
+            ValueError: ``token`` is empty or holds whitespace or control characters.
+        """
+        token = check_token(token)
+        with self._state.changing() as faults:
+            faults.token = token
 
     def pause_pongs(self) -> None:
         """Stop answering ``ping`` frames (still counted); messages are still answered."""
-        self._state.set(pongs_paused=True)
+        with self._state.changing() as faults:
+            faults.pongs_paused = True
 
     def resume_pongs(self) -> None:
         """Answer ``ping`` frames again (those received while paused stay unanswered)."""
-        self._state.set(pongs_paused=False)
+        with self._state.changing() as faults:
+            faults.pongs_paused = False
 
     def stall(self) -> None:
         """Go half-open: keep every TCP connection, read and answer nothing.
@@ -370,15 +472,19 @@ class ProtocolServer:
         control (``max_queue=1``) stops reading the socket within a frame or two and the
         client's data waits in TCP buffers. Responses falling due wait too.
         """
-        self._state.set(stalled=True)
+        with self._state.changing() as faults:
+            faults.stalled = True
 
     def unstall(self) -> None:
         """End ``stall()``: what waited is read and answered, in order."""
-        self._state.set(stalled=False)
+        with self._state.changing() as faults:
+            faults.stalled = False
 
     def reject_handshakes(self, n: int = 1, error: str = "rejected") -> None:
         """Answer the next ``n`` ``connect`` frames with an ``error`` frame, then close (1008)."""
-        self._state.set(reject=check_count("n", n), reject_error=error)
+        count = check_count("n", n)
+        with self._state.changing() as faults:
+            faults.reject, faults.reject_error = count, error
 
     def mismatch_handshakes(
         self, n: int = 1, *, client_id: str = "someone-else", status: str | None = None
@@ -391,17 +497,22 @@ class ProtocolServer:
             status: if given, the confirm keeps the right ``clientId`` and carries this
                 ``status`` instead.
         """
-        self._state.set(
-            mismatch=check_count("n", n), mismatch_client_id=client_id, mismatch_status=status
-        )
+        count = check_count("n", n)
+        with self._state.changing() as faults:
+            faults.mismatch = count
+            faults.mismatch_client_id = client_id
+            faults.mismatch_status = status
 
     def refuse_upgrades(self, n: int = 1, status: int = 503) -> None:
         """Answer the next ``n`` HTTP upgrade requests with HTTP ``status`` instead of 101."""
-        self._state.set(refuse=check_count("n", n), refuse_status=status)
+        count = check_count("n", n)
+        with self._state.changing() as faults:
+            faults.refuse, faults.refuse_status = count, status
 
     def hold_responses(self) -> None:
         """Keep every response that falls due from now on, until ``release_responses()``."""
-        self._state.set(holding=True)
+        with self._state.changing() as faults:
+            faults.holding = True
 
     def release_responses(self, order: str = "fifo", seed: int | None = None) -> int:
         """Stop holding and write the held responses now; returns how many were written.
@@ -444,64 +555,22 @@ class ProtocolServer:
         with self._state.lock:
             return read(self._state)
 
-    def _set(self, **fields: Any) -> None:
-        """Set fields of self under the lock, and wake every waiter."""
+    def _restart_done(self) -> None:
         with self._state.lock:
-            for name, value in fields.items():
-                setattr(self, name, value)
+            self._restarting = False
+            self._restart_thread = None
             self._state.changed()
-
-    def _make_connection_class(self) -> type[ServerConnection]:
-        owner = self
-
-        class _Connection(ServerConnection):
-            # websockets starts a socket reader thread per connection: name and track it.
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                owner._adopt(self.recv_events_thread)
-
-        return _Connection
-
-    def _adopt(self, thread: threading.Thread) -> None:
-        with self._state.lock:
-            thread.name = f"wsync-server-recv-{getattr(self._local, 'number', 0)}"
-            self._threads.add(thread)
-
-    def _open(self) -> None:
-        extra: dict[str, Any] = {"family": socket.AF_INET6} if ":" in self.host else {}
-        server = serve(
-            self._serve_connection,
-            self.host,
-            self.port,
-            ssl=self.ssl_context,
-            process_request=self._state.on_upgrade,
-            compression=None,
-            open_timeout=self._open_timeout,
-            ping_interval=None,  # the protocol has its own ping; websockets' would interfere
-            close_timeout=self._close_timeout,
-            max_queue=1,  # frames not consumed soon stop the socket being read: see stall()
-            logger=self._ws_logger,
-            create_connection=self._connection_class,
-            **extra,
-        )
-        server.handler = functools.partial(self._on_accept, server.handler)
-        with self._state.lock:
-            self._server = server
-            self.port = server.socket.getsockname()[1]
-            self._state.running = True
-            accept = threading.Thread(
-                target=server.serve_forever, name="wsync-server-accept", daemon=True
-            )
-            self._threads.add(accept)
-            accept.start()  # a daemon, so the connection threads it starts are daemons too
-            self._state.changed()
-        logger.debug("test server listening on %s", self.url)
 
     def _come_back(self, down_for: float) -> None:
         with self._state.lock:
             if self._state.cond.wait_for(lambda: self._stopping, down_for):
                 return  # stop() came first: stay down
-        self._open()
+        self._listen()
+
+    def _listen(self) -> None:
+        # The port changes only on the first bind (port=0); restarts reuse it.
+        self.port = self._listener.open(self.port)
+        logger.debug("test server listening on %s", self.url)
 
     def _come_back_later(self, down_for: float) -> None:
         try:
@@ -509,99 +578,4 @@ class ProtocolServer:
         except OSError:
             logger.error("test server could not listen again on port %d", self.port, exc_info=True)
         finally:
-            self._set(_restarting=False, _restart_thread=None)
-
-    def _shutdown(self, deadline: float, *, clean: bool) -> None:
-        """Stop listening and end every connection; clean closes get a grace period."""
-        state = self._state
-        with state.lock:
-            server, self._server = self._server, None
-            if server is None:
-                return
-            state.running = False
-            sockets = dict(self._sockets)
-        peers = state.close_peers(GOING_AWAY if clean else None, everyone=True)
-        upgraded = {id(peer.conn.socket) for peer in peers}
-        for sock in sockets.values():
-            if not clean or id(sock) not in upgraded:
-                abort_socket(sock)  # nothing to say to a socket that is no WebSocket yet
-        if clean:
-            self._join(list(sockets), min(deadline, time.monotonic() + self._close_timeout))
-            for sock in sockets.values():
-                abort_socket(sock)
-        self._join(list(sockets), deadline)
-        # The connection threads are done, so this returns at once: it closes the listening
-        # socket, waits for serve_forever() to return and joins the finished handlers.
-        server.shutdown(close_connections=False)
-
-    @staticmethod
-    def _join(threads: list[threading.Thread], deadline: float) -> None:
-        me = threading.current_thread()
-        for thread in threads:
-            if thread is not me:
-                thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _join_all(self, deadline: float) -> None:
-        me = threading.current_thread()
-        while True:
-            with self._state.lock:
-                self._threads = {t for t in self._threads if t.is_alive()}
-                alive = [t for t in self._threads if t is not me]
-            if not alive:
-                return
-            if time.monotonic() >= deadline:
-                names = ", ".join(sorted(t.name for t in alive))
-                logger.warning("test server threads still running after stop(): %s", names)
-                return
-            self._join(alive[:1], deadline)
-
-    def _on_accept(
-        self, handle: Callable[[socket.socket, Any], None], sock: socket.socket, addr: Any
-    ) -> None:
-        """Runs first on every thread websockets starts for an accepted socket."""
-        thread = threading.current_thread()
-        with self._state.lock:
-            self._accepted += 1
-            self._local.number = self._accepted
-            thread.name = f"wsync-server-conn-{self._accepted}"
-            self._threads.add(thread)
-            refuse = not self._state.running
-            if not refuse:
-                self._sockets[thread] = sock
-        if refuse:
-            sock.close()
-            return
-        try:
-            handle(sock, addr)  # websockets: TLS, upgrade, _serve_connection, close
-        finally:
-            with self._state.lock:
-                del self._sockets[thread]
-                self._state.changed()
-
-    def _serve_connection(self, conn: ServerConnection) -> None:
-        """websockets' connection handler: runs on ``wsync-server-conn-N`` after the upgrade."""
-        state = self._state
-        with state.lock:
-            if not state.running:
-                return
-            state.connections_total += 1
-            peer = Peer(getattr(self._local, "number", 0), state.connections_total, conn)
-            state.peers[peer.index] = peer
-            worker = threading.Thread(
-                target=state.work,
-                args=(peer,),
-                name=f"wsync-server-worker-{peer.number}",
-                daemon=True,
-            )
-            self._threads.add(worker)
-            worker.start()  # under the lock, so that stop() cannot miss it
-            state.changed()
-        try:
-            state.read(peer)
-        except Exception:
-            logger.exception("test server: internal error on connection %d", peer.index)
-        finally:
-            with state.lock:
-                peer.finished = True
-                del state.peers[peer.index]
-                state.changed()
+            self._restart_done()

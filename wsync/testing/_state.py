@@ -1,30 +1,37 @@
 """The test server's shared state, and the protocol each of its connections speaks.
 
-One job: decide what the server answers, when, and keep count. ``ProtocolServer``
-(``_server.py``) owns the sockets, websockets' server and the threads' lifecycle; nothing
-here opens a socket or starts a thread. These methods run on the server's threads:
-``read()`` on ``wsync-server-conn-N`` and ``work()`` on ``wsync-server-worker-N``.
+One job: decide what the server answers, when, and keep count. ``Listener``
+(``_listener.py``) owns the sockets, websockets' server and the threads' lifecycle, and
+``ProtocolServer`` (``_server.py``) the public face; nothing here opens a socket, starts a
+thread or touches websockets beyond its documented API (resetting a socket aside). These
+methods run on the server's threads: ``on_upgrade()`` and ``read()`` on
+``wsync-server-conn-N``, ``work()`` on ``wsync-server-worker-N``.
 
 One ``threading.Lock`` (``ServerState.lock``, with the condition ``cond``) guards every
-field of ``ServerState`` and of each ``Peer`` except ``Peer.conn``, and the lifecycle fields
-of ``ProtocolServer``. It is never held around socket I/O or user code. Every change of
+field of ``ServerState``, of its ``Faults`` and of each ``Peer`` except ``Peer.conn`` and
+``Peer.sock``, and the lifecycle fields of ``ProtocolServer`` and ``Listener``. It is never
+held around socket I/O or user code (handlers, ``drop_on`` predicates). Every change of
 state bumps ``generation`` and notifies ``cond``: the ``wait*`` helpers and the workers
 wait on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
+import hmac
 import itertools
 import logging
+import socket
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import Final
 
+import attrs
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 from websockets.http11 import Response as HTTPResponse
@@ -44,29 +51,68 @@ from wsync.protocol import (
     encode,
     now,
 )
-from wsync.testing._support import Handler, Received, UpgradeRequest
+from wsync.testing._support import (
+    Handler,
+    MessageFilter,
+    Received,
+    UpgradeRequest,
+    abort_socket,
+)
 
-__all__ = ["GOING_AWAY", "POLICY_VIOLATION", "Peer", "ServerState"]
+__all__ = ["GOING_AWAY", "MESSAGE_TOO_BIG", "POLICY_VIOLATION", "Faults", "Peer", "ServerState"]
 
 logger = logging.getLogger(__name__)
 
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
+MESSAGE_TOO_BIG: Final = 1009
+
+
+@attrs.define
+class Faults:
+    """Every fault switch of the server, typed; guarded by ``ServerState.lock``.
+
+    Set them inside ``ServerState.changing()``, which wakes every waiter afterwards.
+    A slotted class: a misspelt switch fails mypy and raises ``AttributeError``.
+    """
+
+    response_delay: float = 0.0
+    pongs_paused: bool = False
+    stalled: bool = False
+    holding: bool = False
+    reject: int = 0  # connects still to refuse
+    reject_error: str = "rejected"
+    mismatch: int = 0  # connects still to confirm wrongly
+    mismatch_client_id: str = "someone-else"
+    mismatch_status: str | None = None
+    refuse: int = 0  # upgrades still to refuse
+    refuse_status: int = 503
+    drop_on: MessageFilter | None = None  # drop the connection on such a message
+    close_after_confirm: int = 0  # confirmed connections still to close at once
+    close_after_confirm_code: int = POLICY_VIOLATION
+    close_after_confirm_reason: str = ""
+    token: str | None = None  # the bearer token every upgrade must carry
 
 
 class Peer:
-    """One upgraded connection. Fields other than ``conn`` are guarded by ``ServerState.lock``."""
+    """One upgraded connection. Fields other than ``conn``/``sock`` are guarded by the lock."""
 
-    def __init__(self, number: int, index: int, conn: ServerConnection) -> None:
+    def __init__(
+        self, number: int, index: int, conn: ServerConnection, sock: socket.socket
+    ) -> None:
         self.number = number  # in thread names: every accepted socket counts
         self.index = index  # in Received.connection: upgraded connections count
         self.conn = conn
+        self.sock = sock  # the accepted socket under conn, for resets
         self.conversation_id = str(uuid.uuid4())
         self.confirmed = False
-        self.jobs: deque[tuple[Message, float]] = deque()  # (message, due) for the handler
-        self.outgoing: list[tuple[float, int, str]] = []  # heap of (due, seq, frame text)
+        # (message, due, drop) for the worker, in arrival order; drop: a drop_on message.
+        self.jobs: deque[tuple[Message, float, bool]] = deque()
+        # Heap of (due, seq, frame text) to write; None instead of text: reset the connection.
+        self.outgoing: list[tuple[float, int, str | None]] = []
         self.closing = False  # dropped or being closed: read only to drain, answer nothing
-        self.close_code: int | None = None  # a clean close the worker must perform
+        self.poisoned = False  # a drop_on message came: answer nothing that came after it
+        self.close_with: tuple[int, str] | None = None  # a clean close the worker performs
         self.finished = False  # the reader saw the connection end
 
 
@@ -92,6 +138,7 @@ class ServerState:
         self.cond = threading.Condition(self.lock)  # any change of state; see changed()
         self.generation = 0
         self.running = False  # listening and serving
+        self.faults = Faults()
         self.peers: dict[int, Peer] = {}
         self.seq = itertools.count()  # tie-breaker in Peer.outgoing
         self.connections_total = 0
@@ -99,20 +146,12 @@ class ServerState:
         self.pings_received = 0
         self.pongs_received = 0
         self.malformed_total = 0
+        self.oversized_total = 0
+        self.dropped_on_message_total = 0
+        self.unauthorized_total = 0
         self.received: list[Received] = []
         self.upgrades: list[UpgradeRequest] = []
-        self.response_delay = 0.0
-        self.pongs_paused = False
-        self.stalled = False
-        self.holding = False
         self.held: list[tuple[Peer, str]] = []
-        self.reject = 0
-        self.reject_error = "rejected"
-        self.mismatch = 0
-        self.mismatch_client_id = "someone-else"
-        self.mismatch_status: str | None = None
-        self.refuse = 0
-        self.refuse_status = 503
 
     # -- synchronisation ----------------------------------------------------------------------
 
@@ -122,11 +161,15 @@ class ServerState:
         self.generation += 1
         self.cond.notify_all()
 
-    def set(self, **fields: Any) -> None:
-        """Set fields by name under the lock and wake every waiter."""
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[Faults]:
+        """Hold the lock to change the fault switches; wake every waiter afterwards::
+
+        with state.changing() as faults:
+            faults.stalled = True
+        """
         with self.lock:
-            for name, value in fields.items():
-                setattr(self, name, value)
+            yield self.faults
             self.changed()
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
@@ -170,28 +213,44 @@ class ServerState:
             peers = [peer for peer in self.peers.values() if everyone or not peer.closing]
             for peer in peers:
                 peer.closing = True
-                if code is not None and peer.close_code is None:
-                    peer.close_code = code
+                if code is not None and peer.close_with is None:
+                    peer.close_with = (code, "")
             self.changed()
         return peers
 
     def take_held(self) -> list[tuple[Peer, str]]:
         """Stop holding responses; return those held, in the order they fell due."""
         with self.lock:
-            held, self.held, self.holding = self.held, [], False
+            held, self.held, self.faults.holding = self.held, [], False
             self.changed()
         return held
 
     def on_upgrade(self, conn: ServerConnection, request: Request) -> HTTPResponse | None:
-        """websockets' ``process_request``: record the request, refuse it if asked to."""
+        """websockets' ``process_request``: record the request, refuse it if asked to.
+
+        ``refuse_upgrades()`` comes first (as a proxy in front of the server would), then
+        ``require_token()``.
+        """
+        authorization = request.headers.get_all("Authorization")
         with self.lock:
             headers = tuple(request.headers.raw_items())
             self.upgrades.append(UpgradeRequest(path=request.path, headers=headers))
-            refuse, status = self.refuse > 0, self.refuse_status
+            faults = self.faults
+            refuse, status = faults.refuse > 0, faults.refuse_status
+            unauthorized = False
             if refuse:
-                self.refuse -= 1
+                faults.refuse -= 1
+            elif faults.token is not None and not _bearer_matches(authorization, faults.token):
+                unauthorized = True
+                self.unauthorized_total += 1
             self.changed()
-        return conn.respond(status, "upgrade refused by the test server\n") if refuse else None
+        if refuse:
+            return conn.respond(status, "upgrade refused by the test server\n")
+        if unauthorized:
+            response = conn.respond(401, "missing or wrong bearer token\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="wsync test server"'
+            return response
+        return None
 
     # -- the reader: wsync-server-conn-N ------------------------------------------------------
 
@@ -203,18 +262,22 @@ class ServerState:
         """
 
         def awake() -> bool:
-            return not self.stalled or peer.closing or not self.running
+            return not self.faults.stalled or peer.closing or not self.running
 
         while True:
             with self.lock:
                 self.cond.wait_for(awake)
             try:
                 data = peer.conn.recv()
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
+                    with self.lock:
+                        self.oversized_total += 1
+                        self.changed()
                 return
             with self.lock:
                 self.cond.wait_for(awake)  # the frame may have come in as stall() began
-                if peer.closing or not self.running:
+                if peer.closing or peer.poisoned or not self.running:
                     continue
             self._on_frame(peer, data)
 
@@ -231,7 +294,7 @@ class ServerState:
         if isinstance(frame, Ping):
             with self.lock:
                 self.pings_received += 1
-                paused = self.pongs_paused
+                paused = self.faults.pongs_paused
                 self.changed()
             if not paused:
                 send(peer, encode(Pong(timestamp=now())))
@@ -248,28 +311,35 @@ class ServerState:
 
     def _on_connect(self, peer: Peer, frame: Connect) -> None:
         unsupported = frame.version.split(".")[0] != "1"
-        close = False
+        close_with: tuple[int, str] | None = None
         reply: Frame
         with self.lock:
+            faults = self.faults
             if peer.confirmed:
                 reply = Error(error="already connected", timestamp=now())
-            elif unsupported or self.reject > 0:
-                close = True
+            elif unsupported or faults.reject > 0:
+                close_with = (POLICY_VIOLATION, "")
                 if not unsupported:
-                    self.reject -= 1
-                text = "unsupported protocol version" if unsupported else self.reject_error
+                    faults.reject -= 1
+                text = "unsupported protocol version" if unsupported else faults.reject_error
                 reply = Error(error=text, timestamp=now())
-            elif self.mismatch > 0:
-                self.mismatch -= 1
-                status = self.mismatch_status
+            elif faults.mismatch > 0:
+                faults.mismatch -= 1
+                status = faults.mismatch_status
                 reply = ConnectConfirm(
-                    client_id=frame.client_id if status is not None else self.mismatch_client_id,
+                    client_id=frame.client_id if status is not None else faults.mismatch_client_id,
                     conversation_id=peer.conversation_id,
                     status=status if status is not None else "confirmed",
                     timestamp=now(),
                 )
             else:
                 peer.confirmed = True
+                if faults.close_after_confirm > 0:
+                    faults.close_after_confirm -= 1
+                    close_with = (
+                        faults.close_after_confirm_code,
+                        faults.close_after_confirm_reason,
+                    )
                 # Counted before the confirm is written, like every counter here: whatever
                 # a client has seen, the server's counters already show.
                 self.handshakes_total += 1
@@ -281,32 +351,50 @@ class ServerState:
                     timestamp=now(),
                 )
         send(peer, encode(reply))
-        if close:
+        if close_with is not None:
             with self.lock:
                 if not peer.closing:
-                    peer.closing, peer.close_code = True, POLICY_VIOLATION
+                    peer.closing, peer.close_with = True, close_with
                     self.changed()
 
     def _on_message(self, peer: Peer, frame: Message) -> None:
         with self.lock:
-            if peer.confirmed:
-                self.received.append(
-                    Received(
-                        client_id=frame.client_id,
-                        message_id=frame.message_id,
-                        content=frame.content,
-                        conversation_id=peer.conversation_id,
-                        timestamp=frame.timestamp,
-                        connection=peer.index,
-                    )
+            confirmed, drop_on = peer.confirmed, self.faults.drop_on
+        if not confirmed:
+            error = Error(
+                error="message before connect_confirm",
+                timestamp=now(),
+                message_id=frame.message_id,
+            )
+            send(peer, encode(error))
+            return
+        drop = drop_on is not None and self._matches(drop_on, frame)
+        with self.lock:
+            self.received.append(
+                Received(
+                    client_id=frame.client_id,
+                    message_id=frame.message_id,
+                    content=frame.content,
+                    conversation_id=peer.conversation_id,
+                    timestamp=frame.timestamp,
+                    connection=peer.index,
                 )
-                peer.jobs.append((frame, time.monotonic() + self.response_delay))
-                self.changed()
-                return
-        error = Error(
-            error="message before connect_confirm", timestamp=now(), message_id=frame.message_id
-        )
-        send(peer, encode(error))
+            )
+            peer.poisoned = peer.poisoned or drop
+            due = time.monotonic() + self.faults.response_delay
+            peer.jobs.append((frame, due, drop))
+            self.changed()
+
+    @staticmethod
+    def _matches(drop_on: MessageFilter, frame: Message) -> bool:
+        """Run a ``drop_on`` filter (user code, no lock held); one that raises never matches."""
+        try:
+            return bool(drop_on(frame.content))
+        except Exception:
+            logger.warning(
+                "test server: drop_on filter failed for message %s", frame.message_id, exc_info=True
+            )
+            return False
 
     def _malformed(self, peer: Peer, reason: str) -> None:
         logger.debug("connection %d: malformed frame: %s", peer.index, reason)
@@ -318,7 +406,7 @@ class ServerState:
     # -- the worker: wsync-server-worker-N ----------------------------------------------------
 
     def work(self, peer: Peer) -> None:
-        """Run the handler, write responses when due, perform a requested clean close."""
+        """Run the handler, write responses when due, perform a requested close or reset."""
         try:
             while (action := self._next_action(peer)) is not None:
                 action()
@@ -329,26 +417,43 @@ class ServerState:
         """Wait for the worker's next step and return it; None once the connection is done."""
         with self.lock:
             while True:
-                if peer.close_code is not None:
-                    code, peer.close_code = peer.close_code, None
+                if peer.close_with is not None:
+                    (code, reason), peer.close_with = peer.close_with, None
                     # Waits for the client's close frame, at most close_timeout.
-                    return functools.partial(peer.conn.close, code)
+                    return functools.partial(peer.conn.close, code, reason)
                 if peer.finished or peer.closing:
                     return None
                 timeout = None
-                if not self.stalled and peer.jobs:
-                    return functools.partial(self._run_handler, peer, *peer.jobs.popleft())
-                if not self.stalled and peer.outgoing:
+                stalled = self.faults.stalled
+                if not stalled and peer.jobs:
+                    frame, due, drop = peer.jobs.popleft()
+                    if not drop:
+                        return functools.partial(self._run_handler, peer, frame, due)
+                    # The reset goes out after every response to what came before it.
+                    due = max([due, *(when for when, _, _ in peer.outgoing)])
+                    heapq.heappush(peer.outgoing, (due, next(self.seq), None))
+                    continue
+                if not stalled and peer.outgoing:
                     due, _, text = peer.outgoing[0]
                     timeout = due - time.monotonic()
                     if timeout <= 0:
                         heapq.heappop(peer.outgoing)
-                        if not self.holding:
+                        if text is None:
+                            return self._drop(peer)
+                        if not self.faults.holding:
                             return functools.partial(send, peer, text)
                         self.held.append((peer, text))
                         self.changed()
                         continue
                 self.cond.wait(timeout)
+
+    def _drop(self, peer: Peer) -> Callable[[], object]:
+        """Count and mark a ``drop_on`` reset; returns it. Caller holds self.lock."""
+        assert self.lock.locked()
+        self.dropped_on_message_total += 1
+        peer.closing = True
+        self.changed()
+        return functools.partial(abort_socket, peer.sock)
 
     def _run_handler(self, peer: Peer, frame: Message, due: float) -> None:
         try:
@@ -369,3 +474,13 @@ class ServerState:
         with self.lock:
             heapq.heappush(peer.outgoing, (due, next(self.seq), encode(reply)))
             # No notify: only this worker reads peer.outgoing, and it looks next.
+
+
+def _bearer_matches(values: list[str], token: str) -> bool:
+    """True if ``values`` is exactly one ``Authorization: Bearer <token>`` header."""
+    if len(values) != 1:
+        return False
+    scheme, _, credentials = values[0].strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode(), token.encode()
+    )

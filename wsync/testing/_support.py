@@ -7,8 +7,10 @@ This module holds values and stateless helpers only; it starts no thread and kee
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
+import operator
 import socket
 import ssl
 import struct
@@ -20,20 +22,36 @@ import attrs
 
 __all__ = [
     "Handler",
+    "MessageFilter",
     "QuietLogger",
     "Received",
     "UpgradeRequest",
     "abort_socket",
+    "check_close",
     "check_count",
     "check_handler",
     "check_host",
+    "check_message_filter",
     "check_options",
+    "check_size",
+    "check_token",
     "echo",
     "url_host",
 ]
 
 Handler = Callable[[str, str], "str | None"]
 """``handler(content, client_id) -> response content``, or None to send no response."""
+
+MessageFilter = Callable[[str], bool]
+"""``drop_on(content) -> bool``: True for a message the server drops the connection on."""
+
+_SENDABLE_CLOSE_CODES: Final = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+"""RFC 6455 close codes an endpoint may send (1004-1006 and 1015 are reserved), 3000-4999 aside."""
+
+_MAX_CLOSE_REASON: Final = 123
+"""Bytes of UTF-8 a close reason may have: a control frame carries at most 125, the code 2."""
 
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, 0 s: closing the socket sends a TCP RST instead of a graceful FIN."""
@@ -89,6 +107,69 @@ def check_count(name: str, n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"{name} must be an int >= 0, got {n!r}")
     return n
+
+
+def check_close(code: object, reason: object) -> tuple[int, str]:
+    """Return ``(code, reason)`` if a close frame may carry them.
+
+    Raises:
+        TypeError: ``code`` is not an int or ``reason`` not a str.
+        ValueError: ``code`` is reserved or out of range, or ``reason`` is over 123 bytes.
+    """
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"code must be an int, got {type(code).__name__}")
+    if code not in _SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999:
+        raise ValueError(f"code must be a close code an endpoint may send, got {code}")
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+    if len(reason.encode()) > _MAX_CLOSE_REASON:
+        raise ValueError(f"reason must be at most {_MAX_CLOSE_REASON} bytes of UTF-8")
+    return code, reason
+
+
+def check_message_filter(match: object) -> MessageFilter | None:
+    """Return a ``MessageFilter`` for ``drop_on()``: a str matches equal content.
+
+    Raises:
+        TypeError: ``match`` is neither None, a str nor callable.
+    """
+    if match is None or callable(match):
+        return match
+    if isinstance(match, str):
+        return functools.partial(operator.eq, match)
+    raise TypeError(f"match must be a str, a callable or None, got {type(match).__name__}")
+
+
+def check_size(name: str, size: object) -> int | None:
+    """Return ``size`` if it is None or an int >= 1 (not a bool).
+
+    Raises:
+        TypeError: ``size`` is neither None nor an int.
+        ValueError: ``size`` is below 1.
+    """
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be an int or None, got {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"{name} must be >= 1, got {size}")
+    return size
+
+
+def check_token(token: object) -> str | None:
+    """Return ``token`` if it can follow ``Bearer`` in an HTTP header, or None.
+
+    Raises:
+        TypeError: ``token`` is neither None nor a str.
+        ValueError: ``token`` is empty or holds whitespace or control characters.
+    """
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str or None, got {type(token).__name__}")
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError("token must be non-empty, printable and free of whitespace")
+    return token
 
 
 def check_handler(handler: object) -> Handler:
