@@ -307,3 +307,104 @@ class TestFutureTimeouts:
             with pytest.raises(wsync.ResponseTimeout, match="within 0.1 s"):
                 client.send_and_wait("x", timeout=0.1)
             server.unstall()
+
+
+def _poison_run(server: ProtocolServer, poison: str) -> None:
+    contents = [f"m{n}" for n in range(30)]
+    contents[14] = poison
+    with Client(server.url, backoff=FAST) as client:
+        futures = [client.send(content) for content in contents]
+        for n, future in enumerate(futures):
+            if n == 14:
+                with pytest.raises(wsync.DeliveryError, match="max_deliveries=3"):
+                    future.result(TIMEOUT * 2)
+            else:
+                assert future.result(TIMEOUT * 2).content == contents[n]
+        assert client.state.status is Status.CONFIRMED
+        assert client.send_and_wait("after", timeout=TIMEOUT).content == "after"
+        assert client.stats().queued == 0 and client.stats().in_flight == 0
+
+
+class TestPoisonMessages:
+    def test_a_message_that_drops_the_connection_fails_alone(
+        self, server: ProtocolServer
+    ) -> None:
+        """A message that makes the server drop the connection fails with DeliveryError after
+        at most 3 writes; the 29 around it are answered."""
+        server.drop_on("poison")
+        _poison_run(server, "poison")
+        writes = sum(1 for r in server.received if r.content == "poison")
+        assert 1 <= writes <= 3
+        assert server.dropped_on_message_total == writes
+
+    def test_a_message_over_the_servers_size_limit_fails_alone(self) -> None:
+        """A message the server closes with 1009 for fails alone, the others answered."""
+        with ProtocolServer(max_message_size=1000) as server:
+            _poison_run(server, "p" * 2000)
+            assert server.wait_until(lambda: 1 <= server.oversized_total <= 3, TIMEOUT)
+
+    def test_max_deliveries_none_never_gives_up(self, server: ProtocolServer) -> None:
+        """With max_deliveries=None a message is written again on every connection."""
+        server.drop_on("poison")
+        with Client(server.url, backoff=FAST, max_deliveries=None) as client:
+            future = client.send("poison")
+            assert server.wait_until(lambda: server.dropped_on_message_total >= 5, TIMEOUT)
+            server.drop_on(None)
+            assert future.result(TIMEOUT).content == "poison"
+
+    def test_neighbours_are_not_blamed_for_a_restart(self, server: ProtocolServer) -> None:
+        """A server restart while messages are in flight fails none of them."""
+        with Client(server.url, backoff=FAST) as client:
+            client.send_and_wait("warm", timeout=TIMEOUT)
+            server.response_delay = 0.3
+            futures = [client.send(f"m{n}") for n in range(10)]
+            assert server.wait_for_received(11, TIMEOUT)
+            for _ in range(2):
+                server.drop_connections()
+                assert server.wait_for_connections(server.connections_total + 1, TIMEOUT)
+            server.response_delay = 0.0
+            assert [f.result(TIMEOUT).content for f in futures] == [f"m{n}" for n in range(10)]
+
+
+class TestProvenConnections:
+    def test_confirm_then_close_backs_off_and_gives_up(self, server: ProtocolServer) -> None:
+        """A server that confirms and closes at once gets attempts 1..5 with growing delays,
+        then DISCONNECTED with its close code."""
+        from tests.integration._recorder import Recorder
+
+        rec = Recorder()
+        backoff = Backoff(initial=0.01, factor=2.0, max_delay=1.0, max_attempts=5)
+        client = Client(server.url, backoff=backoff, **rec.callbacks())
+        try:
+            client.connect(timeout=TIMEOUT)
+            server.close_after_confirm(10, code=1008, reason="token revoked")
+            client.reconnect()
+            assert rec.wait(
+                lambda r: any(
+                    s.status is Status.DISCONNECTED and "gave up" in (s.error or "")
+                    for s in r.states
+                ),
+                TIMEOUT * 2,
+            )
+            attempts = [s.attempt for s in rec.states if s.status is Status.CONNECTING]
+            assert attempts[-5:] == [1, 2, 3, 4, 5]
+            final = client.state
+            assert final.status is Status.DISCONNECTED
+            assert final.close_code == 1008
+            assert "1008" in (final.error or "")
+        finally:
+            client.close()
+
+    def test_a_proven_connection_starts_the_count_again(self, server: ProtocolServer) -> None:
+        """After a response proved the connection, a loss starts again at attempt 1."""
+        from tests.integration._recorder import Recorder
+
+        rec = Recorder()
+        with Client(server.url, backoff=FAST, **rec.callbacks()) as client:
+            for _ in range(3):
+                client.send_and_wait("x", timeout=TIMEOUT)
+                confirmed = rec.count(Status.CONFIRMED)
+                server.drop_connections()
+                assert rec.wait_status(Status.CONFIRMED, confirmed + 1)
+            attempts = [s.attempt for s in rec.states if s.status is Status.CONNECTING]
+            assert attempts == [0, 1, 1, 1]
