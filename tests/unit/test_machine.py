@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -219,6 +220,15 @@ def prove(m: Machine, gen: int, now: float) -> None:
     m.on_frame(gen, PONG, now)
     drain(m)
     assert m.proven
+
+
+def trying(m: Machine, bound: int = 50) -> Iterator[int]:
+    """Count while the machine is trying, at most ``bound`` times: a bug cannot hang a test."""
+    for n in range(bound):
+        if not m.trying:
+            return
+        yield n
+    raise AssertionError(f"still trying after {bound} rounds")
 
 
 def ids(entries: list[Entry] | tuple[Entry, ...]) -> list[str]:
@@ -563,7 +573,7 @@ class TestBackoffSchedule:
         fail_attempt(m, now)
         waits: list[float] = []
         attempts: list[int] = []
-        while m.trying:
+        for _ in trying(m):
             due = m.next_deadline()
             assert due is not None
             waits.append(due - now)
@@ -637,7 +647,7 @@ class TestBackoffSchedule:
         now = T0
         fail_attempt(m, now)
         waits = []
-        while m.trying:
+        for _ in trying(m):
             due = m.next_deadline()
             assert due is not None
             waits.append(due - now)
@@ -686,7 +696,7 @@ class TestBackoffSchedule:
         assert m.attempt == 0
         lose(m, gen, now)
         waits = []
-        while m.trying:
+        for _ in trying(m):
             due = m.next_deadline()
             assert due is not None
             waits.append(due - now)
@@ -739,7 +749,7 @@ class TestGiveUp:
         """Fail attempt 0 and every retry; return the actions of the last failure."""
         m.connect(now)
         last = fail_attempt(m, now)
-        while m.trying:
+        for _ in trying(m):
             due = m.next_deadline()
             assert due is not None
             last = fail_attempt(m, due)
@@ -850,7 +860,7 @@ class TestGiveUp:
         m.on_open_failed(m.generation, ConnectError("refused"), now)
         drain(m)
         count = 0
-        while m.trying:
+        for _ in trying(m):
             due = m.next_deadline()
             assert due is not None
             fail_attempt(m, due)
@@ -1255,8 +1265,9 @@ class TestQueueOrder:
             send_some(2)  # sent while disconnected
             now += 1
             gen = reopen(m, now)
-        while m.pending:
+        for _ in range(20):
             answer(m, gen, now, *write_some(gen, now, 256))
+        assert not m.pending
         assert first_writes == send_order
         assert m.reconnects == 3
 
@@ -2489,7 +2500,7 @@ class TestProvenConnections:
         now = T0
         attempts: list[int] = []
         delays: list[float] = []
-        while m.trying:
+        for _ in trying(m):
             due = m.next_deadline()
             assert due is not None
             if now > T0:
@@ -2653,7 +2664,7 @@ class TestLogs:
         m = make_machine()
         m.connect(T0)
         seen = fail_attempt(m, T0)
-        while m.trying:
+        for _ in trying(m):
             due = m.next_deadline()
             assert due is not None
             seen += fail_attempt(m, due)

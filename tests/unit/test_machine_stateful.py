@@ -1,15 +1,18 @@
 """Machine under random event sequences: a hypothesis state machine with a fake clock.
 
-The test plays the engine, the connector, the writer thread and the server around one
-``Machine``: no threads, no sockets, time moves only when a rule says so. It keeps its own
-model of what must be true (which generation is live, which messages the writer holds,
-when the connection was last known alive) and checks the machine's actions and state
-against it after every step.
+The test plays the engine, the connector, the writer thread, ``send()``'s inline writes and
+the server around one ``Machine``: no threads, no sockets, time moves only when a rule says
+so. As the engine does, it drains the machine's action buffer after every event. It keeps its
+own model of what must be true (which generation is live, which write holds which messages,
+when the connection was last known alive, whether it has proven itself) and checks the
+drained actions, the machine's state and its ledger against it after every step.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -23,25 +26,28 @@ from wsync._errors import (
     ClientClosed,
     ConnectError,
     ConnectTimeout,
+    DeliveryError,
     HandshakeError,
     ResponseTimeout,
     ServerError,
 )
 from wsync._futures import MessageFuture
+from wsync._ledger import Entry, EntryState
 from wsync._machine import (
     Abort,
     Action,
     Control,
-    Entry,
-    EntryState,
+    CountDeliveries,
     Fail,
     Forget,
+    Log,
     Machine,
     Notify,
     OnError,
     OnResponse,
     Open,
     Resolve,
+    Wake,
 )
 from wsync._values import Status
 
@@ -54,6 +60,8 @@ ANY_GEN = st.sampled_from([0, 0, 0, 1, 2])  # 0: the current generation; n: an o
 ANY_ENTRY = st.integers(0, 10_000)
 AIM_LIST = ["pending", "pending", "any", "unknown"]  # which messageId a server frame names
 AIMS = st.sampled_from(AIM_LIST)
+CLOSE_CODES = st.sampled_from([None, None, 1001, 1011, 4001])
+CONTROL_ORDER = [Control.CONNECT, Control.PING, Control.PONG]
 
 D, CG, P, CF, CL = (
     Status.DISCONNECTED,
@@ -75,19 +83,18 @@ ALLOWED = {
     (CF, D),
     (CF, CL),
 }
-# DISCONNECTED -> DISCONNECTED only when connect(timeout) runs out while waiting to retry:
-# the state's error changes to the timeout's.
-ALLOWED_ON_STOP = ALLOWED | {(D, D)}
 LIVE = (CG, P, CF)
 
 
 class MachineModel(RuleBasedStateMachine):
-    """The engine, writer, connector and server around one Machine."""
+    """The engine, writers, connector and server around one Machine."""
 
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
         self.m: Machine | None = None
+        self.resolve_lock = threading.Lock()  # FutureOwner: the futures' lock
+        self.result: object = None  # what the last machine call returned
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -95,13 +102,32 @@ class MachineModel(RuleBasedStateMachine):
         max_attempts=st.sampled_from([0, 1, 3, None, None]),
         rate=st.sampled_from([None, None, 3.0]),
         jitter=st.sampled_from([0.0, 0.0, 0.5]),
+        reset_after=st.sampled_from([0.0, 4.0, 10.0]),
+        max_deliveries=st.sampled_from([None, 1, 2, 3, 3]),
+        durable=st.booleans(),
         seed=st.integers(0, 2**16),
     )
-    def setup(self, max_attempts: int | None, rate: float | None, jitter: float, seed: int) -> None:
+    def setup(
+        self,
+        max_attempts: int | None,
+        rate: float | None,
+        jitter: float,
+        reset_after: float,
+        max_deliveries: int | None,
+        durable: bool,
+        seed: int,
+    ) -> None:
         self.backoff = Backoff(
-            initial=1.0, factor=2.0, max_delay=4.0, max_attempts=max_attempts, jitter=jitter
+            initial=1.0,
+            factor=2.0,
+            max_delay=4.0,
+            max_attempts=max_attempts,
+            jitter=jitter,
+            reset_after=reset_after,
         )
         self.rate = rate
+        self.max_deliveries = max_deliveries
+        self.durable = durable
         self.m = Machine(
             client_id=CID,
             heartbeat_interval=INTERVAL,
@@ -109,6 +135,8 @@ class MachineModel(RuleBasedStateMachine):
             backoff=self.backoff,
             connect_timeout=CONNECT_TIMEOUT,
             rate_limit=rate,
+            max_deliveries=max_deliveries,
+            durable=durable,
             rand=random.Random(seed).random,
             now=self.now,
         )
@@ -117,7 +145,8 @@ class MachineModel(RuleBasedStateMachine):
         self.index: dict[int, int] = {}  # id(entry) -> its place in self.entries
         self.completions: dict[int, int] = {}  # place -> Resolve/Fail actions naming it
         self.first_writes: list[int] = []  # places, in the order first written
-        self.batch: tuple[int, list[Entry]] | None = None  # what the writer holds
+        self.batch: tuple[int, list[Entry]] | None = None  # what the writer thread holds
+        self.inline: tuple[int, Entry] | None = None  # a send() writing its message itself
         self.counter = 0
         # Connections.
         self.opened: set[int] = set()  # generations given an Open
@@ -126,9 +155,11 @@ class MachineModel(RuleBasedStateMachine):
         self.aborted: set[int] = set()
         self.first_control: dict[int, Control] = {}
         self.expected_attempt: int | None = None  # number the next CONNECTING must carry
-        self.attempt = 0  # number of the attempt in flight
+        self.attempt = 0  # number of the attempt that counts (0 once proven)
         self.attempt_started = 0.0
         self.alive_since: float | None = None  # confirm or last pong, while CONFIRMED
+        self.proven = False  # the confirmed connection proved itself
+        self.proof_at: float | None = None  # when it counts as proven without a word
         # Counters.
         self.sent = 0
         self.received = 0
@@ -141,6 +172,27 @@ class MachineModel(RuleBasedStateMachine):
         assert self.m is not None
         return self.m
 
+    # --- FutureOwner: what a MessageFuture's cancel() asks the engine -----------------------
+
+    def withdraw(self, future: MessageFuture) -> bool:
+        """As the engine: withdraw a still-queued message for a cancel; False once written."""
+        m = self.machine
+        message_id = future.message_id
+        held = m.ledger.get(message_id)
+        if held is None or held.future is not future:
+            return True
+        was, written = held.state, held.written
+        actions = self._call("withdraw", lambda: m.withdraw(message_id, future))
+        if was is EntryState.QUEUED and not written:
+            assert self.result is held
+            assert held.state is EntryState.DONE
+            assert actions == ([Forget((message_id,))] if self.durable else [])
+            return True
+        assert self.result is None
+        assert actions == []
+        assert held.state is was
+        return False
+
     # --- checking every call --------------------------------------------------------------
 
     def _snapshot(self) -> tuple[object, ...]:
@@ -151,8 +203,10 @@ class MachineModel(RuleBasedStateMachine):
             m.generation,
             m.queued,
             m.in_flight,
+            m.ledger.suspects,
+            m.ledger.writer,
             list(m.pending.items()),
-            [e.state for e in self.entries],
+            [(e.state, e.deliveries, e.written) for e in self.entries],
             list(m.controls),
             m.next_deadline(),
             m.received,
@@ -160,34 +214,50 @@ class MachineModel(RuleBasedStateMachine):
             m.dead_at,
             m.trying,
             m.last_rtt,
+            m.proven,
         )
 
     def _call(
         self,
         rule_name: str,
-        fn: Callable[[], list[Action]],
+        fn: Callable[[], object],
         *,
         handshake: bool = False,
         retryable: bool = True,
+        close_code: int | None = None,
     ) -> list[Action]:
-        """Run one machine call and check its actions against the model."""
+        """Run one machine event, drain it and check the actions against the model.
+
+        Returns the actions without the wakes; ``self.result`` is what the event returned.
+        """
         m = self.machine
         prev = m.status
         before = {id(e): e for e in m.pending.values()}
-        actions = fn()
+        was = {id(e): (e.state, e.deliveries) for e in m.pending.values()}
+        self.result = fn()
+        drained = m.drain()
+        assert m.drain() == [], "drain() empties the buffer"
+        wakes = [a for a in drained if isinstance(a, Wake)]
+        actions = [a for a in drained if not isinstance(a, Wake)]
+
+        # Wakes: each thread at most once per drain; a transition wakes all three.
+        assert len(wakes) == len(set(wakes)), drained
 
         # Notify: allowed edges only, at most one per call, never a silent status change.
         notifies = [a.state for a in actions if type(a) is Notify]
         assert len(notifies) <= 1, actions
-        allowed = ALLOWED_ON_STOP if rule_name == "stop_trying" else ALLOWED
+        if notifies:
+            assert set(wakes) == set(Wake)
         status = prev
         for s in notifies:
-            assert (status, s.status) in allowed, (status, s.status, rule_name)
+            assert (status, s.status) in ALLOWED, (status, s.status, rule_name)
             status = s.status
             assert s.client_id == CID
             if s.status is D:
                 assert s.error, "a DISCONNECTED state always says why"
-            elif s.status is CG:
+            else:
+                assert s.close_code is None, "a close code belongs to a connection that ended"
+            if s.status is CG:
                 assert self.expected_attempt is not None
                 assert s.attempt == self.expected_attempt
                 self.attempt = s.attempt
@@ -202,6 +272,7 @@ class MachineModel(RuleBasedStateMachine):
         assert m.state.status is m.status
 
         # Resolve / Fail: only entries pending before the call, each at most once.
+        fails = [a for a in actions if type(a) is Fail]
         for action in actions:
             if type(action) is Resolve:
                 targets: tuple[Entry, ...] = (action.entry,)
@@ -218,28 +289,107 @@ class MachineModel(RuleBasedStateMachine):
                 self.completions[place] = self.completions.get(place, 0) + 1
                 assert self.completions[place] == 1, f"{e} completed twice"
             if type(action) is Resolve:
-                action.entry.future.set_result_safe(action.response)
+                assert action.entry.future.settle(action.response, None) is not None
             else:
                 assert isinstance(action, Fail)
                 for e in action.entries:
-                    e.future.set_exception_safe(action.error())
+                    assert e.future.settle(None, action.error()) is not None
 
-        # Forget: never a message still pending; close() forgets nothing.
+        # A failure of an attempt or of a confirmed connection: retry on schedule or give up.
+        failure = (
+            bool(notifies)
+            and notifies[-1].status is D
+            and prev in LIVE
+            and rule_name not in ("reconnect", "stop_trying")
+        )
+        blame = failure and prev is CF  # the messages written on it were lost with it
+        failed = 0
+        gives_up = False
+        if failure:
+            failed = 0 if prev is CF and self.proven else self.attempt
+            limit = self.backoff.max_attempts
+            gives_up = not retryable or (limit is not None and failed >= limit)
+
+        # Deliveries: one more for each message on the wire of a connection that was lost.
+        limit = self.max_deliveries
+        poisoned = []
+        for key, e in before.items():
+            state, deliveries = was[key]
+            on_wire = blame and state is EntryState.WRITTEN
+            assert e.deliveries == deliveries + on_wire, (e, rule_name)
+            if on_wire and limit is not None and e.deliveries >= limit:
+                poisoned.append(e)
+        poison_fails = [f for f in fails if isinstance(f.error(), DeliveryError)]
+        assert [f.entries for f in poison_fails] == [(e,) for e in poisoned]
+        assert all(f.final for f in poison_fails)
+        counted = [mid for a in actions if type(a) is CountDeliveries for mid in a.message_ids]
+        if self.durable and blame:
+            assert counted == [
+                e.message_id
+                for key, e in before.items()
+                if was[key][0] is EntryState.WRITTEN and e not in poisoned
+            ]
+        else:
+            assert counted == []
+
+        # Forget: only with a durable outbox, never a message still pending; close() keeps all.
         forgotten = [mid for a in actions if type(a) is Forget for mid in a.message_ids]
         for mid in forgotten:
             assert mid not in m.pending
-        fails = [a for a in actions if type(a) is Fail]
+        if not self.durable:
+            assert forgotten == []
+        elif rule_name != "close":
+            for f in fails:
+                assert {e.message_id for e in f.entries} <= set(forgotten)
+
+        # Fails: each kind only where it belongs.
+        give_up_fails = [f for f in fails if type(f.error()) in (ConnectError, HandshakeError)]
         if rule_name == "close":
             assert not forgotten
             assert len(fails) == (1 if before else 0)
             for f in fails:
                 assert f.entries == tuple(before.values())
                 assert type(f.error()) is ClientClosed
+                assert not f.final
+        elif gives_up:
+            rest = tuple(e for e in before.values() if e not in poisoned)
+            assert [f.entries for f in give_up_fails] == ([rest] if rest else [])
+            for f in give_up_fails:
+                error = f.error()
+                assert type(error) is (HandshakeError if handshake else ConnectError)
+                assert error.__cause__ is not None
+                assert f.final
         else:
-            for f in fails:
-                assert {e.message_id for e in f.entries} <= set(forgotten)
+            assert not give_up_fails
+        others = [f for f in fails if f not in poison_fails and f not in give_up_fails]
         if rule_name == "stop_trying":
             assert not fails, "stop_trying keeps the queue"
+        elif rule_name == "time_out":
+            assert all(isinstance(f.error(), ResponseTimeout) for f in others)
+        elif rule_name == "frame":
+            assert all(isinstance(f.error(), ServerError) for f in others)
+            for f in others:
+                assert len(f.entries) == 1
+                assert f.error().message_id == f.entries[0].message_id  # type: ignore[attr-defined]
+        elif rule_name != "close":
+            assert not others, (rule_name, others)
+
+        # Logs: one WARNING per poisoned message, one per retry; one ERROR per give-up.
+        logged = [(a.level, a.message) for a in actions if type(a) is Log]
+        expected_levels = [logging.WARNING] * len(poisoned)
+        if failure:
+            expected_levels.append(logging.ERROR if gives_up else logging.WARNING)
+        assert [level for level, _ in logged] == expected_levels, (rule_name, logged)
+        for e, (_, text) in zip(poisoned, logged[: len(poisoned)], strict=True):
+            assert f"message {e.message_id} " in text
+            assert e.text not in text, "a log line never carries a message's content"
+        if failure:
+            text = logged[-1][1]
+            assert (
+                ("gave up" in text or "could not connect" in text)
+                if gives_up
+                else ("retrying in" in text)
+            )
 
         # Open / Abort: generations only grow; each connection is aborted once.
         for action in actions:
@@ -251,39 +401,23 @@ class MachineModel(RuleBasedStateMachine):
                 self.unanswered_opens.add(action.generation)
             elif type(action) is Abort:
                 assert action.generation in self.opened
-                if action.reason != "superseded":
-                    assert action.generation not in self.aborted, "aborted twice"
+                assert action.generation not in self.aborted, "aborted twice"
                 self.aborted.add(action.generation)
 
-        # A failure of an attempt or of a confirmed connection: retry on schedule or give up.
-        failure = (
-            bool(notifies)
-            and notifies[-1].status is D
-            and prev in LIVE
-            and rule_name not in ("reconnect", "stop_trying")
-        )
-        server_fails = [f for f in fails if isinstance(f.error(), ServerError)]
         if failure:
-            failed = 0 if prev is CF else self.attempt
             assert notifies[-1].attempt == failed
-            limit = self.backoff.max_attempts
-            gives_up = not retryable or (limit is not None and failed >= limit)
+            assert notifies[-1].close_code == close_code
             self.alive_since = None
+            self.proven = False
+            self.proof_at = None
             if gives_up:
                 self.giveups += 1
                 assert m.giveups == self.giveups
                 assert not m.trying
                 assert m.next_deadline() is None
                 assert not m.pending
-                assert len(fails) == (1 if before else 0)
-                for f in fails:
-                    assert f.entries == tuple(before.values())
-                    error = f.error()
-                    assert type(error) is (HandshakeError if handshake else ConnectError)
-                    assert error.__cause__ is not None
                 self.expected_attempt = None
             else:
-                assert not fails
                 assert m.trying
                 due = m.next_deadline()
                 assert due is not None
@@ -291,19 +425,25 @@ class MachineModel(RuleBasedStateMachine):
                 jitter = self.backoff.jitter
                 assert base * (1 - jitter) - 1e-9 <= due - self.now <= base * (1 + jitter) + 1e-9
                 self.expected_attempt = failed + 1
-        elif rule_name not in ("close", "stop_trying"):
-            assert fails == server_fails, "only a server error fails a message here"
-        for f in server_fails:
-            assert len(f.entries) == 1
-            assert f.error().message_id == f.entries[0].message_id  # type: ignore[attr-defined]
         return actions
 
-    def _ignored(self, rule_name: str, fn: Callable[[], list[Action]]) -> list[Action]:
+    def _ignored(self, rule_name: str, fn: Callable[[], object]) -> list[Action]:
         """Run a call that must change nothing (a stale or impossible event)."""
         before = self._snapshot()
         actions = self._call(rule_name, fn)
+        assert actions == []
         assert self._snapshot() == before
         return actions
+
+    def _proved(self) -> None:
+        """The confirmed connection proved itself (a response, a pong, or reset_after)."""
+        m = self.machine
+        assert m.proven
+        assert m.attempt == 0
+        assert m.proof_at is None
+        self.proven = True
+        self.proof_at = None
+        self.attempt = 0
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -331,6 +471,13 @@ class MachineModel(RuleBasedStateMachine):
     def _live(self, gen: int) -> bool:
         return gen == self.machine.generation and self.machine.status in (P, CF)
 
+    def _record_writes(self, entries: list[Entry]) -> None:
+        """``entries`` reached a socket: note the first write of each still unanswered."""
+        for e in entries:
+            place = self.index[id(e)]
+            if e.state is not EntryState.DONE and place not in self.first_writes:
+                self.first_writes.append(place)
+
     def _timer(self) -> None:
         """The timer thread wakes at self.now and does what is due."""
         m = self.machine
@@ -338,6 +485,7 @@ class MachineModel(RuleBasedStateMachine):
         due = m.next_deadline()
         next_ping = m.next_ping_at
         alive = self.alive_since
+        proof_at = self.proof_at
         if due is None or self.now < due:
             self._ignored("timer", lambda: m.on_timer(self.now))
             return
@@ -346,10 +494,14 @@ class MachineModel(RuleBasedStateMachine):
             assert alive is not None and next_ping is not None
             dead = self.now >= alive + HB_TIMEOUT  # exactly then, never before
             assert (m.status is D) == dead
-            if not dead and self.now >= next_ping:
-                assert m.controls and m.controls[-1] is Control.PING
-                assert m.next_ping_at is not None
-                assert m.next_ping_at > self.now, "a late timer must not queue a burst of pings"
+            if not dead:
+                if proof_at is not None and self.now >= proof_at:
+                    self._proved()
+                assert m.proven == self.proven
+                if self.now >= next_ping:
+                    assert Control.PING in m.controls
+                    assert m.next_ping_at is not None
+                    assert m.next_ping_at > self.now, "a late timer must not queue a burst"
         elif prev is P:
             assert m.status is D  # the confirm deadline passed
             assert self.now >= self.attempt_started + CONNECT_TIMEOUT
@@ -380,11 +532,16 @@ class MachineModel(RuleBasedStateMachine):
         assert m.trying
         assert m.next_deadline() == self.now
         assert m.status is D
+        assert m.attempt == 0
         self.expected_attempt = 0
         self.alive_since = None
+        self.proven = False
+        self.proof_at = None
         if prev in LIVE:
-            assert Abort(gen, "reconnect requested") in actions
-            assert len([a for a in actions if type(a) is Notify]) == 1
+            assert actions == [
+                Abort(gen, "reconnect requested"),
+                Notify(m.state),
+            ]
         else:
             assert actions == []
 
@@ -419,18 +576,22 @@ class MachineModel(RuleBasedStateMachine):
             return
         self._call("close", m.close)
         assert m.status is CL
+        assert m.ledger.writer is None
         self.expected_attempt = None
         self.alive_since = None
+        self.proven = False
+        self.proof_at = None
 
     @precondition(lambda self: self.m is not None and not self.m.closed)
-    @rule(reuse=st.booleans(), pick=ANY_ENTRY)
-    def send_2(self, reuse: bool, pick: int) -> None:
+    @rule(reuse=st.booleans(), pick=ANY_ENTRY, inline=st.booleans())
+    def send_2(self, reuse: bool, pick: int, inline: bool) -> None:
         """The same as send(): twice as likely."""
-        self.send(reuse, pick)
+        self.send(reuse, pick, inline)
 
     @precondition(lambda self: self.m is not None and not self.m.closed)
-    @rule(reuse=st.booleans(), pick=ANY_ENTRY)
-    def send(self, reuse: bool, pick: int) -> None:
+    @rule(reuse=st.booleans(), pick=ANY_ENTRY, inline=st.booleans())
+    def send(self, reuse: bool, pick: int, inline: bool = False) -> None:
+        """send(); with ``inline``, send()'s fast path (the caller may write it itself)."""
         m = self.machine
         free = [e.message_id for e in self.entries if e.message_id not in m.pending]
         if reuse and free:
@@ -438,86 +599,112 @@ class MachineModel(RuleBasedStateMachine):
         else:
             message_id = f"m{self.counter}"
             self.counter += 1
-        future = MessageFuture(message_id, self._on_cancel)
-        e = Entry(message_id, "content", f"text-{len(self.entries)}", future)
-        queued = m.queued
-        m.send(e)
-        assert m.queued == queued + 1
-        assert m.pending[message_id] is e
+        future = MessageFuture(message_id, self)
+        e = Entry(message_id, f"text-{len(self.entries)}", future)
         self.index[id(e)] = len(self.entries)
         self.entries.append(e)
-
-    def _on_cancel(self, future: MessageFuture) -> None:
-        """MessageFuture's on_cancel: the engine calls discard() for the message."""
-        message_id = future.message_id
-        m = self.machine
-        holder = m.pending.get(message_id)
-        # Only the cancel of this very message may withdraw it, never a later one reusing its id.
-        # (on_cancel runs while the cancel is claimed, before CANCELLED is published)
-        assert holder is None or holder.future is future or holder.future.cancelled(), (
-            f"{holder} was not cancelled"
+        ledger = m.ledger
+        window = ledger.window
+        could = (
+            inline
+            and self.inline is None
+            and m.status is CF
+            and not m.controls
+            and ledger.writer is None
+            and m.in_flight == 0
+            and not ledger._to_write
+            and (window is None or window.available(self.now) > 0)
         )
-        assert future._cancelling
-        was = holder.state if holder is not None else None
-        actions = self._call("discard", lambda: m.discard(message_id, future))
-        if was in (EntryState.QUEUED, EntryState.TAKEN) and holder is not None:
-            # Queued, or taken by the writer and not yet written: forgotten at once (the writer
-            # then skips the cancelled future), so a durable outbox drops it before cancel()
-            # returns.
-            if holder.future is future:
-                assert actions == [Forget((message_id,))]
-                assert holder.state is EntryState.DONE
-            else:
-                assert actions == []
+        queued = m.queued
+        actions = self._call("send", lambda: m.send(e, self.now, inline=inline))
+        assert actions == []
+        assert m.pending[message_id] is e
+        assert self.result is could
+        if could:
+            assert e.state is EntryState.TAKEN
+            assert ledger.writer is e
+            assert m.queued == queued
+            self.inline = (m.generation, e)
         else:
-            assert actions == []  # written: it stays in flight
+            assert e.state is EntryState.QUEUED
+            assert m.queued == queued + 1
+
+    @precondition(lambda self: self.m is not None and not self.m.closed)
+    @rule()
+    def send_inline(self) -> None:
+        """A new message through send()'s fast path."""
+        self.send(False, 0, True)
+
+    @precondition(lambda self: self.m is not None and self.inline is not None)
+    @rule()
+    def inline_done(self) -> None:
+        """send()'s own write of its message succeeds and send() reports it."""
+        self._inline_done("written")
+
+    @precondition(lambda self: self.m is not None and self.inline is not None)
+    @rule(outcome=st.sampled_from(["then_lost", "failed", "gone"]))
+    def inline_fails(self, outcome: str) -> None:
+        """send()'s own write fails, finds no connection, or its connection dies after it."""
+        self._inline_done(outcome)
+
+    def _inline_done(self, outcome: str) -> None:
+        m = self.machine
+        assert self.inline is not None
+        gen, e = self.inline
+        self.inline = None
+        if outcome in ("written", "then_lost"):
+            live = e.state is not EntryState.DONE
+            self._call("written", lambda: m.written(gen, e, [e]))
+            self.sent += 1
+            if live:
+                self._record_writes([e])
+            e.future.mark_running()
+            if outcome == "then_lost":
+                self.connection_lost_for(gen, None)
+            return
+        error = ConnectError("connection lost while writing") if outcome == "failed" else None
+        self._not_written(gen, e, [e], error)
 
     @rule(pick=ANY_ENTRY)
     def cancel(self, pick: int) -> None:
-        """future.cancel(): True only while the message was never handed to a socket."""
+        """future.cancel(): True only while the message is queued and was never written."""
         m = self.machine
         e = self._entry(pick)
         if e is None:
             return
-        was = e.state if m.pending.get(e.message_id) is e else None
-        again = e.future.cancelled()
-        if not e.future.cancel():
-            return  # written once (running) or settled
-        if not again:
-            assert was in (EntryState.QUEUED, EntryState.TAKEN), "a done future was cancelled"
-            expected = EntryState.DONE if was is EntryState.QUEUED else EntryState.TAKEN
-            assert e.state is expected
+        if e.future.done():
+            again = e.future.cancelled()
+            assert e.future.cancel() is again
+            return
+        assert m.pending.get(e.message_id) is e
+        cancellable = e.state is EntryState.QUEUED and not e.written
+        assert e.future.cancel() is cancellable
+        if cancellable:
+            assert e.state is EntryState.DONE
+            assert m.pending.get(e.message_id) is not e
+            assert e.future.cancelled()
 
     @rule(pick=ANY_ENTRY)
-    def withdraw(self, pick: int) -> None:
-        """send_and_wait() timed out on a message: withdraw it if still queued."""
+    def time_out(self, pick: int) -> None:
+        """send_and_wait() timed out on a message: wherever it is, it is never written again."""
         m = self.machine
         e = self._entry(pick)
         if e is None:
             return
-        holder = m.pending.get(e.message_id)  # e, or a later message reusing its id
-        was = holder.state if holder is not None else None
-        got = m.withdraw(e.message_id)
-        if was is EntryState.QUEUED:
-            assert got is holder
-            assert got is not None and got.state is EntryState.DONE
-            got.future.set_exception_safe(ResponseTimeout("timed out"))
+        message_id = e.message_id
+        holder = m.pending.get(message_id)  # e, or a later message reusing its id
+
+        def error() -> ResponseTimeout:
+            return ResponseTimeout("timed out")
+
+        actions = self._call("time_out", lambda: m.time_out(message_id, error))
+        assert self.result is holder
+        if holder is None:
+            assert actions == []
         else:
-            assert got is None
-
-    @rule(pick=ANY_ENTRY)
-    def abandon(self, pick: int) -> None:
-        """send_and_wait() timed out on a written message: stop tracking it."""
-        m = self.machine
-        e = self._entry(pick)
-        if e is None:
-            return
-        holder = m.pending.get(e.message_id)
-        got = m.abandon(e.message_id)
-        assert got is holder
-        if got is not None:
-            assert got.state is EntryState.DONE
-            got.future.set_exception_safe(ResponseTimeout("timed out"))
+            assert holder.state is EntryState.DONE
+            forget = [Forget((message_id,))] if self.durable else []
+            assert actions == [Fail((holder,), error), *forget]
 
     # --- the clock and the timer thread ---------------------------------------------------
 
@@ -541,6 +728,29 @@ class MachineModel(RuleBasedStateMachine):
             self.now = max(self.now, dead_at + offset)
         self._timer()
 
+    @rule(offset=st.sampled_from([-1e-3, 0.0]))
+    def to_proof_time(self, offset: float) -> None:
+        """The timer wakes just before, or exactly at, confirm + reset_after."""
+        proof_at = self.machine.proof_at
+        if self.machine.status is CF and proof_at is not None:
+            self.now = max(self.now, proof_at + offset)
+        self._timer()
+
+    @rule(writer=st.booleans())
+    def internal_error(self, writer: bool) -> None:
+        """A wsync thread hit a bug; if it was the writer, its batch is never reported."""
+        m = self.machine
+        if writer:
+            self.batch = None
+        live = m.is_current(m.generation)
+        prev = m.status
+        self._call("internal", lambda: m.on_internal_error(RuntimeError("bug"), self.now))
+        assert m.ledger.writer is None
+        if live and prev in LIVE:
+            assert m.status is D
+        else:
+            assert m.status is prev
+
     # --- the connector --------------------------------------------------------------------
 
     @rule(pick=ANY_GEN, ok=st.sampled_from([True, True, False]), retryable=st.booleans())
@@ -553,17 +763,16 @@ class MachineModel(RuleBasedStateMachine):
             m.generation if pick == 0 and m.generation in waiting else waiting[pick % len(waiting)]
         )
         self.unanswered_opens.discard(gen)
-        live = gen == m.generation
-        if live:
-            assert m.status is CG
+        live = gen == m.generation and m.status is CG
         if ok:
             if not live:
-                actions = self._ignored("open", lambda: m.on_open_succeeded(gen, self.now))
-                assert actions == [Abort(gen, "superseded")]
+                self._ignored("open", lambda: m.on_open_succeeded(gen, self.now))
+                assert self.result is False, "a stale socket is refused: the engine closes it"
                 return
             self._call("open", lambda: m.on_open_succeeded(gen, self.now))
+            assert self.result is True
             assert m.status is P
-            assert list(m.controls) == [Control.CONNECT]
+            assert m.controls == [Control.CONNECT]
             self.readers.add(gen)
         else:
             error = ConnectError("connection refused")
@@ -577,8 +786,8 @@ class MachineModel(RuleBasedStateMachine):
             )
             assert m.status is D
 
-    @rule(pick=ANY_GEN, go=st.booleans())
-    def connection_lost(self, pick: int, go: bool = True) -> None:
+    @rule(pick=ANY_GEN, go=st.booleans(), close_code=CLOSE_CODES)
+    def connection_lost(self, pick: int, close_code: int | None, go: bool = True) -> None:
         """A socket closes (half the time: it ends the connection)."""
         if not go:
             return
@@ -587,11 +796,16 @@ class MachineModel(RuleBasedStateMachine):
         if not gens:
             return
         gen = m.generation if pick == 0 else gens[pick % len(gens)]
+        self.connection_lost_for(gen, close_code)
+
+    def connection_lost_for(self, gen: int, close_code: int | None) -> None:
+        m = self.machine
         error = ConnectError("connection reset")
-        if gen != m.generation or m.status not in LIVE:
-            self._ignored("lost", lambda: m.on_connection_lost(gen, error, self.now))
+        lost = lambda: m.on_connection_lost(gen, error, self.now, close_code=close_code)  # noqa: E731
+        if not m.is_current(gen) or m.status not in LIVE:
+            self._ignored("lost", lost)
             return
-        self._call("lost", lambda: m.on_connection_lost(gen, error, self.now))
+        self._call("lost", lost, close_code=close_code)
         assert m.status is D
 
     # --- the server -----------------------------------------------------------------------
@@ -629,6 +843,14 @@ class MachineModel(RuleBasedStateMachine):
             self.confirms += 1
             self.alive_since = self.now
             assert m.next_ping_at == self.now + INTERVAL
+            reset_after = self.backoff.reset_after
+            if reset_after <= 0:
+                self._proved()
+            else:
+                assert not m.proven
+                assert m.attempt == self.attempt, "a confirm alone does not reset the count"
+                self.proven = False
+                self.proof_at = self.now + reset_after
         else:
             assert m.status is D
             assert isinstance(m.last_failure, HandshakeError)
@@ -643,15 +865,18 @@ class MachineModel(RuleBasedStateMachine):
         assert message_id is not None
         holder = m.pending.get(message_id)
         frame = protocol.Response(message_id=message_id, content="ok", timestamp=TS)
+        prev = m.status
         actions = self._frame(gen, frame)
         if actions is None:
             return
         self.received += 1
-        assert actions[0] == OnResponse(frame)
         if holder is None:
             assert actions == [OnResponse(frame)]
         else:
-            assert actions == [OnResponse(frame), Resolve(holder, frame), Forget((message_id,))]
+            forget = [Forget((message_id,))] if self.durable else []
+            assert actions == [Resolve(holder, frame), *forget, OnResponse(frame)]
+        if prev is CF and not self.proven:
+            self._proved()
 
     @rule(pick=ANY_GEN, which=ANY_ENTRY, aim=st.sampled_from(["none", *AIM_LIST]))
     def error(self, pick: int, which: int, aim: str) -> None:
@@ -674,17 +899,20 @@ class MachineModel(RuleBasedStateMachine):
         elif holder is None:
             assert len(actions) == 1
         else:
-            assert [type(a) for a in actions] == [OnError, Fail, Forget]
+            forget = [Forget] if self.durable else []
+            assert [type(a) for a in actions] == [OnError, Fail, *forget]
             assert actions[1].entries == (holder,)  # type: ignore[union-attr]
 
-    @rule(pick=ANY_GEN)
-    def ping(self, pick: int) -> None:
+    @rule(pick=ANY_GEN, flood=st.integers(1, 3))
+    def ping(self, pick: int, flood: int) -> None:
+        """The server pings, maybe several times before the PONG is written."""
         m = self.machine
         gen = self._reader_gen(pick)
         if gen is None:
             return
-        if self._frame(gen, protocol.Ping(timestamp=TS)) is not None:
-            assert m.controls[-1] is Control.PONG
+        for _ in range(flood):
+            if self._frame(gen, protocol.Ping(timestamp=TS)) is not None:
+                assert m.controls.count(Control.PONG) == 1
 
     @rule(pick=ANY_GEN)
     def pong(self, pick: int) -> None:
@@ -695,6 +923,7 @@ class MachineModel(RuleBasedStateMachine):
         prev = m.status
         if self._frame(gen, protocol.Pong(timestamp=TS)) is not None and prev is CF:
             self.alive_since = self.now
+            self._proved()
 
     @rule(pick=ANY_GEN, decodable=st.booleans())
     def malformed(self, pick: int, decodable: bool) -> None:
@@ -712,26 +941,39 @@ class MachineModel(RuleBasedStateMachine):
 
     # --- the writer thread ----------------------------------------------------------------
 
-    @precondition(lambda self: self.m is not None and self.batch is None)
+    @precondition(
+        lambda self: self.m is not None and self.batch is None and self.m.ledger.writer is None
+    )
     @rule(limit=st.sampled_from([1, 2, 256]))
     def writer_take(self, limit: int) -> None:
+        """The writer thread, woken with nobody writing, takes what there is to write."""
         m = self.machine
         gen = m.generation
         prev = m.status
         queued = [e for e in m.pending.values() if e.state is EntryState.QUEUED]
+        suspects, in_flight = m.ledger.suspects, m.in_flight
+        could = m.has_writes()
         controls, entries = m.take_writes(gen, self.now, limit)
         assert m.status is prev
+        assert m.drain() == [], "take_writes buffers nothing"
+        if not could:
+            assert (controls, entries) == ([], [])
         if prev is not CF:
             assert entries == []
             assert Control.PING not in controls
         # The oldest queued messages, in send() order.
         assert entries == queued[: len(entries)]
-        if prev is CF and self.rate is None:
+        if suspects:  # a suspect pending: one message at a time, alone on the wire
+            assert len(entries) <= 1
+            assert not entries or in_flight == 0
+        elif prev is CF and self.rate is None:
             assert len(entries) == min(limit, len(queued))
+        assert controls == [c for c in CONTROL_ORDER if c in controls]
         if controls and gen not in self.first_control:
             self.first_control[gen] = controls[0]
             assert controls[0] is Control.CONNECT, "connect goes first on every connection"
         assert all(e.state is EntryState.TAKEN for e in entries)
+        assert m.ledger.writer is (entries if entries else None)
         assert not m.controls
         self.batch = (gen, entries)
 
@@ -746,45 +988,59 @@ class MachineModel(RuleBasedStateMachine):
         assert self._snapshot() == before
 
     @precondition(lambda self: self.m is not None and self.batch is not None)
-    @rule(lost=st.sampled_from([False, False, False, True]))
-    def writer_done(self, lost: bool) -> None:
-        """The writer writes what it took (skipping cancelled futures) and reports it."""
+    @rule()
+    def writer_done(self) -> None:
+        """The writer writes what it took and reports it."""
+        self._writer_done("written")
+
+    @precondition(lambda self: self.m is not None and self.batch is not None)
+    @rule(outcome=st.sampled_from(["then_lost", "failed", "gone"]))
+    def writer_fails(self, outcome: str) -> None:
+        """The writer's write fails, finds no connection, or its connection dies after it."""
+        self._writer_done(outcome)
+
+    def _writer_done(self, outcome: str) -> None:
+        """How a write ends: ``written`` (on the wire); ``then_lost`` (on the wire, then the
+        connection dies); ``failed`` (the socket failed: the connection is lost, nothing
+        counts as written); ``gone`` (no transport any more: nothing written)."""
         m = self.machine
         assert self.batch is not None
         gen, entries = self.batch
         self.batch = None
-        written: list[Entry] = []
-        skipped: list[Entry] = []
-        for e in entries:
-            if e.future.running():
-                ok = True  # written before, on a lost connection
-            else:
-                try:
-                    ok = e.future.set_running_or_notify_cancel()
-                except RuntimeError:
-                    ok = False  # failed meanwhile
-            (written if ok else skipped).append(e)
-        actions = self._call("writes_done", lambda: m.writes_done(gen, written, skipped))
-        self.sent += len(written)
-        for e in written:
-            place = self.index[id(e)]
-            if place not in self.first_writes:
-                self.first_writes.append(place)
+        if outcome in ("written", "then_lost"):
+            live = [e for e in entries if e.state is not EntryState.DONE]
+            actions = self._call("written", lambda: m.written(gen, entries, entries))
+            assert actions == []
+            self.sent += len(entries)
+            self._record_writes(live)
             if gen == m.generation:
-                assert e.state in (EntryState.WRITTEN, EntryState.DONE)
-        assert all(type(a) is Forget for a in actions)
-        forgotten = {mid for a in actions for mid in a.message_ids}  # type: ignore[union-attr]
-        assert forgotten <= {e.message_id for e in skipped}
-        if lost:  # the write failed: the writer reports the loss of its connection
-            self.connection_lost_for(gen)
+                assert all(e.state in (EntryState.WRITTEN, EntryState.DONE) for e in entries)
+            for e in entries:
+                e.future.mark_running()
+            if outcome == "then_lost":
+                self.connection_lost_for(gen, None)
+            return
+        error = ConnectError("connection lost while writing") if outcome == "failed" else None
+        self._not_written(gen, entries, entries, error)
 
-    def connection_lost_for(self, gen: int) -> None:
+    def _not_written(
+        self, gen: int, owner: object, entries: list[Entry], error: ConnectError | None
+    ) -> None:
+        """A write put nothing on the wire; ``error``: because its connection died."""
         m = self.machine
-        error = ConnectError("connection lost while writing")
-        if gen != m.generation or m.status not in LIVE:
-            self._ignored("lost", lambda: m.on_connection_lost(gen, error, self.now))
+        current = gen == m.generation
+        back = [e for e in entries if e.state is EntryState.TAKEN]
+        report = lambda: m.not_written(gen, owner, entries, error, self.now)  # noqa: E731
+        if error is not None and m.is_current(gen) and m.status in LIVE:
+            self._call("lost", report)
+            assert m.status is D
         else:
-            self._call("lost", lambda: m.on_connection_lost(gen, error, self.now))
+            actions = self._call("not_written", report)
+            assert actions == []
+        for e in back:  # queued again first in line (or failed, if the loss gave up)
+            assert e.state is not EntryState.TAKEN or not current
+            assert e.state is EntryState.DONE or m.pending.get(e.message_id) is e
+        assert m.ledger.writer is not owner
 
     # --- shortcuts toward interesting states ----------------------------------------------
 
@@ -809,24 +1065,33 @@ class MachineModel(RuleBasedStateMachine):
         """The same as progress()."""
         self._progress()
 
-    @rule(extra=st.booleans())
-    def bounce(self, extra: bool) -> None:
+    @rule(extra=st.booleans(), close_code=CLOSE_CODES)
+    def bounce(self, extra: bool, close_code: int | None) -> None:
         """The server drops a confirmed connection; the client reconnects and writes again."""
         m = self.machine
         if m.status is not CF:
             return
         if extra:  # something written and unanswered when the connection drops
             self.send(False, 0)
-            if self.batch is None:
-                self.writer_take(256)
-                self.writer_done(False)
-        self.connection_lost_for(m.generation)
+            self._write_all()
+        self.connection_lost_for(m.generation, close_code)
         for _ in range(8):
             if m.status is CF or (m.status is D and not m.trying):
                 break
             self._progress()
         if m.status is CF:
             self._progress()
+
+    def _write_all(self) -> None:
+        """Finish the writes in progress, then let the writer thread take and write."""
+        m = self.machine
+        if self.inline is not None:
+            self._inline_done("written")
+        if self.batch is not None:
+            self._writer_done("written")
+        if m.ledger.writer is None:
+            self.writer_take(256)
+            self._writer_done("written")
 
     def _progress(self) -> None:
         m = self.machine
@@ -838,51 +1103,75 @@ class MachineModel(RuleBasedStateMachine):
             if m.generation in self.unanswered_opens:
                 self.open_result(0, True, True)
         elif m.status is P:
-            if self.batch is None:
-                self.writer_take(256)
-                self.writer_done(False)
+            self._write_all()
             if m.status is P:
                 self.confirm(0, "good")
         elif m.status is CF:
-            if self.batch is not None:
-                self.writer_done(False)
-            self.writer_take(256)
-            self.writer_done(False)
+            self._write_all()
             written = [e for e in m.pending.values() if e.state is EntryState.WRITTEN]
-            if len(written) > 1:  # the server answers the oldest, one stays unanswered
+            # The server answers the oldest, one stays unanswered; a lone suspect is answered.
+            if len(written) > 1 or (written and m.ledger.suspects):
                 self._answer(written[0])
+
+    @rule()
+    def quiet_then_inline(self) -> None:
+        """Everything written and answered, then a send() on the fast path: it writes itself."""
+        m = self.machine
+        if m.status is not CF:
+            return
+        self._write_all()
+        self.catch_up()
+        if m.status is CF and not m.pending and self.inline is None and not m.controls:
+            self.send(False, 0, True)
+
+    @rule()
+    def catch_up(self) -> None:
+        """The server answers every message written on the current connection."""
+        m = self.machine
+        if m.status is not CF:
+            return
+        for e in [e for e in m.pending.values() if e.state is EntryState.WRITTEN]:
+            self._answer(e)
 
     def _answer(self, e: Entry) -> None:
         m = self.machine
         frame = protocol.Response(message_id=e.message_id, content="ok", timestamp=TS)
+        prev_proven = self.proven
         actions = self._frame(m.generation, frame)
         assert actions is not None
         self.received += 1
-        assert actions == [OnResponse(frame), Resolve(e, frame), Forget((e.message_id,))]
+        forget = [Forget((e.message_id,))] if self.durable else []
+        assert actions == [Resolve(e, frame), *forget, OnResponse(frame)]
+        if not prev_proven:
+            self._proved()
 
     # --- invariants -----------------------------------------------------------------------
 
     @invariant()
     def every_message_in_one_place(self) -> None:
-        """Counters match the entries; each entry is pending xor done, and done means settled."""
+        """The ledger's counters match the entries; each entry is pending xor done and settled."""
         if self.m is None:
             return
         m = self.m
+        ledger = m.ledger
         states = [e.state for e in m.pending.values()]
-        assert m.queued == states.count(EntryState.QUEUED) >= 0
+        assert ledger.queued == states.count(EntryState.QUEUED) >= 0
         in_flight = states.count(EntryState.TAKEN) + states.count(EntryState.WRITTEN)
-        assert m.in_flight == in_flight >= 0
+        assert ledger.in_flight == in_flight >= 0
+        assert ledger.suspects == sum(1 for e in m.pending.values() if e.deliveries) >= 0
+        assert (m.queued, m.in_flight) == (ledger.queued, ledger.in_flight)
         assert EntryState.DONE not in states
         for message_id, e in m.pending.items():
             assert e.message_id == message_id
-        held = {id(e) for e in self.batch[1]} if self.batch else set()
+            if self.max_deliveries is not None:
+                assert e.deliveries < self.max_deliveries, "a poisoned message left the ledger"
+        batch = self.batch[1] if self.batch and self.batch[0] == m.generation else []
+        inline = [self.inline[1]] if self.inline and self.inline[0] == m.generation else []
         for e in self.entries:
             if m.pending.get(e.message_id) is e:
+                assert not e.future.done(), f"{e} pending with its future settled"
                 if e.state is EntryState.TAKEN:
-                    assert id(e) in held and self.batch is not None
-                    assert self.batch[0] == m.generation
-                if e.future.done():  # only a cancel waiting for the writer's report
-                    assert e.future.cancelled() and id(e) in held
+                    assert any(e is x for x in batch + inline), f"{e} TAKEN by no write"
             else:
                 assert e.state is EntryState.DONE
                 assert e.future.done(), f"{e} left without its future settled"
@@ -890,12 +1179,36 @@ class MachineModel(RuleBasedStateMachine):
             assert in_flight == 0, "nothing is on the wire of a connection that is not confirmed"
         if m.status is CF:
             # Liveness: every queued message is still on the writer's list.
-            to_write = {id(e) for e in m._to_write}
+            to_write = {id(e) for e in ledger._to_write}
             assert all(
                 id(e) in to_write for e in m.pending.values() if e.state is EntryState.QUEUED
             )
         if m.closed:
             assert not m.pending
+
+    @invariant()
+    def writer_token_names_the_write_in_progress(self) -> None:
+        """The turn to write is None whenever no write is in progress, else that write's token."""
+        if self.m is None:
+            return
+        writer = self.m.ledger.writer
+        tokens = []
+        if self.batch is not None and self.batch[1]:
+            tokens.append(self.batch[1])
+        if self.inline is not None:
+            tokens.append(self.inline[1])
+        if not tokens:
+            assert writer is None
+        else:
+            assert writer is None or any(writer is t for t in tokens)
+
+    @invariant()
+    def one_of_each_control_owed(self) -> None:
+        """At most one of each control frame is owed, in the order they are written."""
+        if self.m is None:
+            return
+        controls = self.m.controls
+        assert controls == [c for c in CONTROL_ORDER if c in controls]
 
     @invariant()
     def first_writes_follow_send_order(self) -> None:
@@ -906,17 +1219,22 @@ class MachineModel(RuleBasedStateMachine):
 
     @invariant()
     def deadlines_match_status(self) -> None:
-        """next_deadline() and the heartbeat times agree with the status."""
+        """next_deadline() and the heartbeat and proof times agree with the status."""
         if self.m is None:
             return
         m = self.m
         due = m.next_deadline()
+        assert m.proof_at == self.proof_at
         if m.status is CF:
+            assert m.proven == self.proven
             assert not m.trying
             assert self.alive_since is not None
             assert m.next_ping_at is not None
             assert m.dead_at == self.alive_since + HB_TIMEOUT
-            assert due == min(m.next_ping_at, m.dead_at)
+            times = [m.next_ping_at, m.dead_at]
+            if self.proof_at is not None:
+                times.append(self.proof_at)
+            assert due == min(times)
         elif m.status is P:
             assert m.trying
             assert due == self.attempt_started + CONNECT_TIMEOUT
@@ -938,7 +1256,9 @@ class MachineModel(RuleBasedStateMachine):
         if m.status not in (P, CF):
             assert not m.controls
         if m.status is not CF:
-            assert (m.next_ping_at, m.dead_at) == (None, None), "heartbeat only while CONFIRMED"
+            assert (m.next_ping_at, m.dead_at, m.proof_at) == (None, None, None), (
+                "heartbeat and proof only while CONFIRMED"
+            )
 
     @invariant()
     def counters_match(self) -> None:
@@ -956,8 +1276,8 @@ class MachineModel(RuleBasedStateMachine):
 
 
 MachineModel.TestCase.settings = settings(
-    max_examples=200,
-    stateful_step_count=60,
+    max_examples=300,
+    stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
