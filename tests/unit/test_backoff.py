@@ -258,3 +258,37 @@ class TestValidation:
             Backoff(initial=-1.0)
         message = str(info.value)
         assert message == "initial must be >= 0, got -1.0"
+
+
+class TestResetAfter:
+    def test_default(self) -> None:
+        """A connection proves itself after 10 s CONFIRMED by default."""
+        assert Backoff().reset_after == 10.0
+
+    @pytest.mark.parametrize("value", [0, 0.0, 2, 3.5])
+    def test_accepted(self, value: float) -> None:
+        """Zero (proven at the confirm) and any positive number are valid."""
+        assert Backoff(reset_after=value).reset_after == value
+
+    def test_negative_is_value_error(self) -> None:
+        """A negative reset_after is a ValueError in the house style."""
+        with pytest.raises(ValueError) as info:
+            Backoff(reset_after=-1)
+        assert str(info.value) == "reset_after must be >= 0, got -1"
+
+    @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+    def test_non_finite_is_value_error(self, value: float) -> None:
+        """NaN and infinities are rejected with ValueError naming reset_after."""
+        with pytest.raises(ValueError, match="reset_after"):
+            Backoff(reset_after=value)
+
+    @pytest.mark.parametrize("value", [True, "10", None, [1.0]])
+    def test_non_number_is_type_error(self, value: object) -> None:
+        """A bool, string, None or list is a TypeError naming reset_after."""
+        with pytest.raises(TypeError, match="reset_after"):
+            Backoff(reset_after=value)  # type: ignore[arg-type]
+
+    def test_part_of_the_value(self) -> None:
+        """Policies differing only in reset_after are not equal."""
+        assert Backoff(reset_after=1.0) != Backoff(reset_after=2.0)
+        assert attrs.evolve(Backoff(), reset_after=3.0).reset_after == 3.0
