@@ -47,7 +47,6 @@ class Dispatcher:
         self._name = name
         self.thread: threading.Thread | None = None
         self.dropped = 0  # items dropped by cut(): counted in close()'s warning
-        self._cut = False
 
     def __len__(self) -> int:
         """How many items wait (caller holds the lock)."""
@@ -87,15 +86,17 @@ class Dispatcher:
         """Whether items put now will run (not stopping). Caller holds the lock."""
         return not self._stopping
 
-    def cut(self) -> int:
-        """Drop every item not started yet; return how many. Caller holds the lock.
+    def cut(self, keep: Callable[[Callable[..., Any], tuple[Any, ...]], bool] | None = None) -> int:
+        """Drop every item not started yet (except those ``keep`` accepts); return how many
+        were dropped. Caller holds the lock.
 
-        ``close()`` calls it at its deadline: after it returns, no further callback runs.
+        ``close()`` calls it at its deadline: after it returns, no further callback starts
+        but the kept ones (the CLOSED state change), and with no ``keep``, none at all.
         """
-        dropped = len(self._items)
-        self._items.clear()
+        kept = deque(item for item in self._items if keep is not None and keep(*item))
+        dropped = len(self._items) - len(kept)
+        self._items = kept
         self._stopping = True
-        self._cut = True  # the batch being run stops after its current item
         self.dropped += dropped
         self._cv.notify()
         return dropped
@@ -119,28 +120,18 @@ class Dispatcher:
             with self._lock:
                 if not self._items:
                     return
-                batch = self._items
-                self._items = deque()
-            self._run_items(batch)
+                fn, args = self._items.popleft()
+            _run_item(fn, args)
 
     def _run(self) -> None:
+        # One item per hold of the lock, so that cut() also stops what is queued already.
         while True:
             with self._lock:
                 while not self._items and not self._stopping:
                     self._cv.wait()
                 if not self._items:
                     return
-                batch = self._items
-                self._items = deque()
-            self._run_items(batch)
-
-    def _run_items(self, batch: deque[Item]) -> None:
-        while batch:
-            if self._cut:  # close() reached its deadline: nothing more runs
-                with self._lock:
-                    self.dropped += len(batch)
-                return
-            fn, args = batch.popleft()
+                fn, args = self._items.popleft()
             _run_item(fn, args)
 
 

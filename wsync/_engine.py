@@ -79,6 +79,9 @@ logger = logging.getLogger(__name__)
 
 # How long close() lets the server answer our close frame before tearing the socket down.
 CLOSE_HANDSHAKE: Final = 1.0
+# At close()'s deadline, how long the callback running now may take to end, so that the
+# CLOSED state change (kept in the queue) still runs before close() returns.
+CLOSED_NOTICE_GRACE: Final = 0.5
 # Interpreter exit: every open client is flushed and closed within this, all together.
 EXIT_TIMEOUT: Final = 5.0
 
@@ -182,6 +185,7 @@ class Engine:
         self._threads: set[threading.Thread] = set()  # every thread this client started
         self._resolving = 0  # futures being settled outside the lock (flush waits for them)
         self._closing = False
+        self._close_runner: threading.Thread | None = None  # the thread running close()
         self._closed_event = threading.Event()
         self._malformed_log = MalformedLog()
         self._forget_buffer: list[str] = []
@@ -284,41 +288,70 @@ class Engine:
         return later
 
     def carry_out(self, later: _Later) -> None:
-        """Carry out the actions ``drain`` left: I/O and futures. Caller does not hold the lock."""
+        """Carry out the actions ``drain`` left: I/O and futures. Caller does not hold the lock.
+
+        Every action is carried out even when a ``KeyboardInterrupt`` strikes one of them (in
+        a caller's thread): the rest still run, so no future is left unsettled, and the
+        first interrupt is raised at the end.
+        """
+        interrupted: BaseException | None = None
         settled = 0
-        try:
-            for action in later:
-                match action:
-                    case Resolve(entry=entry, response=response):
-                        settled += 1
-                        self._settle(entry.future, response, None)
-                    case Fail(entries=entries, error=error, final=final):
-                        settled += 1
-                        if self._durable and final:
-                            # Out of the file first, then the user is told: a process killed
-                            # in between must not send a message its user was told never
-                            # goes out.
-                            self._discard_now([e.message_id for e in entries])
-                        for entry in entries:
-                            self._settle(entry.future, None, error())
-                    case _Teardown(transport=transport, generation=generation, reason=reason):
-                        logger.debug("aborting connection %d: %s", generation, reason)
-                        transport.abort()
-                    case Abort(generation=generation):
-                        with self.lock:
-                            # Only the attempt still in flight; cancel() never blocks.
-                            if self._opening == generation:
-                                self._connector.cancel()
-                    case Open():
-                        self._open(action)
-                    case Log(level=level, message=message):
-                        logger.log(level, "%s", message)
-        finally:
-            if settled:
+        for action in later:
+            if isinstance(action, (Resolve, Fail)):
+                settled += 1
+            try:
+                self._carry_out_one(action)
+            except Exception:
+                logger.exception("internal error while carrying out %s", type(action).__name__)
+            except BaseException as exc:
+                if interrupted is None:
+                    interrupted = exc
+        if settled:
+            with self.lock:
+                self._resolving -= settled
+                if not self._resolving:
+                    self._state_cv.notify_all()
+        if interrupted is not None:
+            raise interrupted
+
+    def _carry_out_one(self, action: Action | _Teardown) -> None:
+        match action:
+            case Resolve(entry=entry, response=response):
+                self._settle(entry.future, response, None)
+            case Fail(entries=entries, error=error, final=final):
+                if self._durable and final:
+                    # Out of the file first, then the user is told: a process killed in
+                    # between must not send a message its user was told never goes out.
+                    self._discard_now([e.message_id for e in entries])
+                interrupted: BaseException | None = None
+                for entry in entries:
+                    try:
+                        self._settle(entry.future, None, error())
+                    except BaseException as exc:  # Ctrl-C: fail the others all the same
+                        interrupted = interrupted or exc
+                if interrupted is not None:
+                    raise interrupted
+            case _Teardown(transport=transport, generation=generation, reason=reason):
+                logger.debug("aborting connection %d: %s", generation, reason)
+                transport.abort()
+            case Abort(generation=generation):
                 with self.lock:
-                    self._resolving -= settled
-                    if not self._resolving:
-                        self._state_cv.notify_all()
+                    # Only the attempt still in flight; cancel() never blocks.
+                    if self._opening == generation:
+                        self._connector.cancel()
+            case Open():
+                self._open(action)
+            case Log(level=level, message=message):
+                logger.log(level, "%s", message)
+
+    def _step_failed(self, exc: BaseException, owner: object = None) -> None:
+        """A caller's machine step left by an exception: after an interrupt (Ctrl-C) the
+        machine is repaired; what it buffered is carried out either way."""
+        with self.lock:
+            if not isinstance(exc, Exception):
+                self.machine.repair(self.clock(), owner)
+            later = self.drain()
+        self.carry_out(later)
 
     def _settle(
         self, future: MessageFuture, response: Response | None, error: BaseException | None
@@ -466,13 +499,17 @@ class Engine:
         False when the message is being written or was written: the cancel must fail.
         """
         self._check_owned()
-        with self.lock:
-            entry = self.machine.ledger.get(future.message_id)
-            if entry is None or entry.future is not future:
-                return True  # not ours any more (done, or failed): Future.cancel() decides
-            if self.machine.withdraw(future.message_id, future) is None:
-                return False  # being written, or written before: too late to cancel
-            later = self.drain()
+        try:
+            with self.lock:
+                entry = self.machine.ledger.get(future.message_id)
+                if entry is None or entry.future is not future:
+                    return True  # not ours any more (done, or failed): Future.cancel() decides
+                if self.machine.withdraw(future.message_id, future) is None:
+                    return False  # being written, or written before: too late to cancel
+                later = self.drain()
+        except BaseException as exc:
+            self._step_failed(exc)
+            raise
         self.carry_out(later)
         if self._durable:
             # Out of the file before anyone sees the future cancelled.
@@ -494,13 +531,17 @@ class Engine:
         self._check_owned()
         deadline = Deadline(timeout)
         machine = self.machine
-        with self.lock:
-            if self._closing:
-                raise ClientClosed("client is closed")
-            self._start_threads()
-            machine.connect(self.clock())
-            later = self.drain()
-            confirms, giveups = machine.confirms, machine.giveups
+        try:
+            with self.lock:
+                if self._closing:
+                    raise ClientClosed("client is closed")
+                self._start_threads()
+                machine.connect(self.clock())
+                later = self.drain()
+                confirms, giveups = machine.confirms, machine.giveups
+        except BaseException as exc:
+            self._step_failed(exc)
+            raise
         self.carry_out(later)
         if not wait:
             return machine.state
@@ -524,7 +565,11 @@ class Engine:
                         phase=getattr(cause, "phase", None),
                     )
                     timeout_error.__cause__ = cause
-                    machine.stop_trying(self.clock(), timeout_error)
+                    try:
+                        machine.stop_trying(self.clock(), timeout_error)
+                    except BaseException:
+                        machine.repair(self.clock())
+                        raise
                     later = self.drain()
                     break
                 self._state_cv.wait(remaining)
@@ -533,12 +578,16 @@ class Engine:
 
     def reconnect(self) -> None:
         self._check_owned()
-        with self.lock:
-            if self._closing:
-                raise ClientClosed("client is closed")
-            self._start_threads()
-            self.machine.reconnect(self.clock())
-            later = self.drain()
+        try:
+            with self.lock:
+                if self._closing:
+                    raise ClientClosed("client is closed")
+                self._start_threads()
+                self.machine.reconnect(self.clock())
+                later = self.drain()
+        except BaseException as exc:
+            self._step_failed(exc)
+            raise
         self.carry_out(later)
 
     def send(self, content: str, message_id: str | None) -> MessageFuture:
@@ -583,8 +632,7 @@ class Engine:
         """
         machine = self.machine
         with self.lock:
-            if machine.ledger.writer is entry:  # the fast path's turn to write, never used
-                machine.not_written(machine.generation, entry, [entry], None, self.clock())
+            machine.repair(self.clock(), entry)  # the fast path's turn to write, if unused
             machine.withdraw(entry.message_id, entry.future)
             later = self.drain()
         self.carry_out(later)
@@ -613,13 +661,16 @@ class Engine:
                     transport.abort()
                 raise
         finally:
-            owner = entry
-            with self.lock:
-                if written:
-                    self.machine.written(generation, owner, [entry])
-                else:
-                    self.machine.not_written(generation, owner, [entry], error, self.clock())
-                later = self.drain()
+            try:
+                with self.lock:
+                    if written:
+                        self.machine.written(generation, entry, [entry])
+                    else:
+                        self.machine.not_written(generation, entry, [entry], error, self.clock())
+                    later = self.drain()
+            except BaseException as exc:
+                self._step_failed(exc, entry)
+                raise
             if later:
                 self.carry_out(later)
         if written:
@@ -681,11 +732,15 @@ class Engine:
         except concurrent.futures.TimeoutError:
             pass
         text = f"no response to message {future.message_id} within {timeout:g} s"
-        with self.lock:
-            # Still queued: withdrawn, never sent. Written: never written again. The future
-            # fails in the same step.
-            entry = self.machine.time_out(future.message_id, lambda: ResponseTimeout(text))
-            later = self.drain()
+        try:
+            with self.lock:
+                # Still queued: withdrawn, never sent. Written: never written again. The
+                # future fails in the same step.
+                entry = self.machine.time_out(future.message_id, lambda: ResponseTimeout(text))
+                later = self.drain()
+        except BaseException as exc:
+            self._step_failed(exc)
+            raise
         self.carry_out(later)
         if entry is None:
             return future.result(0)  # answered (or failed) just now
@@ -732,32 +787,37 @@ class Engine:
         me = threading.current_thread()
         if flush:
             self.flush_for_close(deadline)
-        unanswered = 0
-        later: _Later = []
         with self.lock:
-            first = not self._closing
-            if first:
+            if not self._closing:
                 self._closing = True
-                self.machine.close()
-                later = self.drain()
-                self._dispatch.stop()
                 self._writer.wake_all()
                 self._timer.wake_all()
                 self._state_cv.notify_all()
-                unanswered = sum(
-                    len(a.entries) for a in later if isinstance(a, Fail) and not a.final
-                )
-        if not first:
-            if not self._own_thread():
+            runner = self._close_runner
+            if runner is None and not self._closed_event.is_set():
+                self._close_runner = me
+        if runner is not None or self._close_runner is not me:
+            # Closed already, or closing in another thread (or in ours, from a callback).
+            if not self._own_thread() and runner is not me:
                 self._closed_event.wait(deadline.remaining())
             return
         try:
+            # Again after an interrupt: machine.close() asks again for whatever is not done.
+            with self.lock:
+                self.machine.close()
+                later = self.drain()
+                self._dispatch.stop()  # after the CLOSED callback was queued: it still runs
+            unanswered = sum(len(a.entries) for a in later if isinstance(a, Fail) and not a.final)
             self.carry_out(later)  # fails the futures left with ClientClosed
+            with self.lock:
+                self.machine.forget_all()
             self._stop_threads(deadline, me, quiet=quiet)
-        finally:
             self._report_close(unanswered)
             _live.discard(self)
             self._closed_event.set()
+        finally:
+            with self.lock:
+                self._close_runner = None  # interrupted: the next close() finishes the job
 
     def _stop_threads(self, deadline: Deadline, me: threading.Thread, *, quiet: bool) -> None:
         # The writer sends a close frame and ends; give the server a moment to answer it.
@@ -793,9 +853,15 @@ class Engine:
         elif not dispatch.on_thread():
             dispatch.thread.join(deadline.remaining())
             if dispatch.thread.is_alive():
+                # The deadline: drop what waits, but the CLOSED state change, and give the
+                # callback running now a moment to end; then drop that too.
                 with self.lock:
-                    dispatch.cut()  # no callback starts after close() returns
-                stragglers.append(dispatch.thread.name)
+                    dispatch.cut(keep=self._is_closed_notice)
+                dispatch.thread.join(CLOSED_NOTICE_GRACE)
+                if dispatch.thread.is_alive():
+                    with self.lock:
+                        dispatch.cut()  # no callback starts after close() returns
+                    stragglers.append(dispatch.thread.name)
         if dispatch.on_thread():
             with self.lock:
                 dispatch.put(self._release_outbox)
@@ -803,6 +869,13 @@ class Engine:
             self._release_outbox()
         if stragglers and not quiet:
             logger.warning("close() timed out; still running: %s", ", ".join(stragglers))
+
+    def _is_closed_notice(self, fn: object, args: tuple[object, ...]) -> bool:
+        return (
+            fn == self._call_on_state_change
+            and isinstance(args[0], ConnectionState)
+            and args[0].status is Status.CLOSED
+        )
 
     def _report_close(self, unanswered: int) -> None:
         dropped = self._dispatch.dropped

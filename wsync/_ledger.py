@@ -205,6 +205,35 @@ class Ledger:
         self.queued = self.in_flight = self.suspects = 0
         return entries
 
+    def repair(self, owner: object = None) -> None:
+        """Restore every invariant from the entries themselves, after an interrupt.
+
+        A ``KeyboardInterrupt`` can strike a ``send()`` or ``close()`` between any two lines
+        of the bookkeeping above (it runs in the caller's thread). The entries in ``pending``
+        and their states are the truth; the counters and the write queue are derived from
+        them again, and the turn to write of ``owner`` (the interrupted call's write, if it
+        had one) is given back, its message queued again.
+        """
+        if owner is not None and self.writer is owner:
+            self.writer = None
+        queued = in_flight = suspects = 0
+        for entry in self.pending.values():
+            if entry.state is EntryState.TAKEN and (self.writer is None or entry is owner):
+                entry.state = EntryState.QUEUED  # taken by a write that never happened
+            elif entry.state is EntryState.DONE:
+                entry.state = EntryState.QUEUED  # finished half-way: still ours
+            if entry.state is EntryState.QUEUED:
+                queued += 1
+            else:
+                in_flight += 1
+            if entry.deliveries:
+                suspects += 1
+        self.queued, self.in_flight, self.suspects = queued, in_flight, suspects
+        if self.open:
+            self._to_write = deque(
+                e for e in self.pending.values() if e.state is EntryState.QUEUED
+            )
+
     # --- writing --------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -561,25 +561,33 @@ class Machine:
         return entry
 
     def close(self) -> None:
-        """``close()``: terminal. Waiting futures fail with ClientClosed; the outbox keeps them."""
-        if self.closed:
-            return
-        if self._conn_open:
-            # The engine sends a close frame first, then tears the socket down.
-            self._actions.append(Abort(self.generation, "client closed"))
-            self._conn_open = False
-        self.generation += 1
-        self.trying = False
-        self.next_attempt_at = self.attempt_deadline = None
-        self.next_ping_at = self.dead_at = self.proof_at = None
-        self.ledger.stop(blame=False)
-        self._owed.clear()
-        entries = self.ledger.clear()
+        """``close()``: terminal. Waiting futures fail with ClientClosed; the outbox keeps them.
+
+        The ledger keeps the failed messages until :meth:`forget_all`, which the engine calls
+        once it carried the failure out: a ``close()`` interrupted in between and called
+        again asks for their failure again (the second time finds the futures done at worst).
+        """
+        if not self.closed:
+            if self._conn_open:
+                # The engine sends a close frame first, then tears the socket down.
+                self._actions.append(Abort(self.generation, "client closed"))
+                self._conn_open = False
+            self.generation += 1
+            self.trying = False
+            self.next_attempt_at = self.attempt_deadline = None
+            self.next_ping_at = self.dead_at = self.proof_at = None
+            self.ledger.stop(blame=False)
+            self._owed.clear()
+            self._set_state(Status.CLOSED)
+        entries = tuple(self.ledger.pending.values())
         if entries:
             self._actions.append(
                 Fail(entries, lambda: ClientClosed("client closed"), final=False)
             )
-        self._set_state(Status.CLOSED)
+
+    def forget_all(self) -> None:
+        """After ``close()``: the engine failed every message; the ledger lets them go."""
+        self.ledger.clear()
 
     # --- timer --------------------------------------------------------------------------
 
@@ -844,3 +852,13 @@ class Machine:
             self.on_connection_lost(self.generation, error, now)
         elif self.has_writes():
             self._wake(Wake.WRITER)
+
+    def repair(self, now: float, owner: object = None) -> None:
+        """Restore the invariants after an interrupt struck an event half-way (see
+        ``Ledger.repair``); every thread is woken to look again."""
+        self.ledger.repair(owner)
+        if self.status is Status.DISCONNECTED and self.trying and self.next_attempt_at is None:
+            self.next_attempt_at = now  # interrupted between "trying" and its schedule
+        self._woken.clear()
+        for target in Wake:
+            self._wake(target)
