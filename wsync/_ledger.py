@@ -90,6 +90,7 @@ class Ledger:
         self.window = SlidingWindow(rate_limit) if rate_limit is not None else None
         self.max_deliveries = max_deliveries
         self.suspects = 0  # pending entries with deliveries > 0: write them one at a time
+        self.poisoned_total = 0  # messages given up as poison, ever
         self.queued = 0
         self.in_flight = 0  # TAKEN or WRITTEN
         self.sent = 0
@@ -128,7 +129,7 @@ class Ledger:
         """Take responsibility for a new message (its id is known to be free)."""
         self.pending[entry.message_id] = entry
         self.queued += 1
-        if entry.deliveries:
+        if entry.deliveries and self.max_deliveries is not None:
             self.suspects += 1
         if self.open:
             self._to_write.append(entry)
@@ -163,7 +164,7 @@ class Ledger:
             self.queued -= 1
         else:
             self.in_flight -= 1
-        if entry.deliveries:
+        if entry.deliveries and self.max_deliveries is not None:
             self.suspects -= 1
         entry.state = EntryState.DONE
 
@@ -226,7 +227,7 @@ class Ledger:
                 queued += 1
             else:
                 in_flight += 1
-            if entry.deliveries:
+            if entry.deliveries and self.max_deliveries is not None:
                 suspects += 1
         self.queued, self.in_flight, self.suspects = queued, in_flight, suspects
         if self.open:
@@ -261,15 +262,17 @@ class Ledger:
             state = entry.state
             if state is EntryState.QUEUED:
                 continue
-            if blame and state is EntryState.WRITTEN:
+            if blame and limit is not None and state is EntryState.WRITTEN:
+                # (With no limit nothing is counted, and nothing is written one at a time.)
                 if not entry.deliveries:
                     self.suspects += 1
                 entry.deliveries += 1
-                if limit is not None and entry.deliveries >= limit:
+                if entry.deliveries >= limit:
                     poisoned.append(entry)
             entry.state = EntryState.QUEUED
         self.queued += self.in_flight
         self.in_flight = 0
+        self.poisoned_total += len(poisoned)
         return poisoned
 
     def take(self, now: float, limit: int = WRITE_BATCH) -> list[Entry]:
@@ -322,6 +325,8 @@ class Ledger:
         """The write ``owner`` wrote none of ``entries`` after all: they go back first in line."""
         if self.writer is owner:
             self.writer = None
+        if self.window is not None:
+            self.window.give_back(len(entries))  # their slots were not used
         if not current:
             return
         back: list[Entry] = []

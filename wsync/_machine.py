@@ -386,6 +386,7 @@ class Machine:
         self._owed.clear()
         self.next_ping_at = self.dead_at = self._ping_sent_at = self.proof_at = None
         self.attempt_deadline = None
+        self.proven = False
         if poisoned:
             self._poisoned(poisoned)
             gone = {e.message_id for e in poisoned}
@@ -454,10 +455,11 @@ class Machine:
         self.giveups += 1
         cls = HandshakeError if isinstance(error, HandshakeError) else ConnectError
         phase = getattr(error, "phase", None)
+        cause = str(error) or type(error).__name__
         if failed_attempt == 0:
-            text = f"could not connect: {error}"
+            text = f"could not connect: {cause}"
         else:
-            text = f"gave up after {_attempts(failed_attempt)}: {error}"
+            text = f"gave up after {_attempts(failed_attempt)}: {cause}"
         self.give_up_error = _with_cause(cls(text, phase=phase), error)
         entries = self.ledger.clear()
         if entries:
@@ -685,9 +687,15 @@ class Machine:
         self, error: BaseException, now: float, *, close_code: int | None = None
     ) -> None:
         # A connection that proved itself starts a fresh budget; one that did not (confirmed,
-        # then closed at once) counts as the attempt that opened it failing.
+        # then closed at once) counts as the attempt that opened it failing. One whose loss
+        # gave up a poison message is not the server's failure either: the culprit is gone.
+        if self.proof_at is not None and now >= self.proof_at:
+            self._prove()  # CONFIRMED for reset_after, though the timer had not run yet
         failed = 0 if self.proven else self.attempt
+        given_up = self.ledger.poisoned_total
         self._drop_connection(str(error), blame=True)
+        if self.ledger.poisoned_total > given_up:
+            failed = 0
         self.generation += 1
         self.trying = True
         self._schedule_next_attempt(failed, error, now, close_code=close_code)

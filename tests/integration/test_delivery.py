@@ -108,9 +108,11 @@ class TestCloseFlushes:
         self, server: ProtocolServer, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A close with everything answered logs no warning."""
-        with caplog.at_level(logging.WARNING, logger="wsync"):
-            with Client(server.url, backoff=FAST) as client:
-                client.send_and_wait("x", timeout=TIMEOUT)
+        with (
+            caplog.at_level(logging.WARNING, logger="wsync"),
+            Client(server.url, backoff=FAST) as client,
+        ):
+            client.send_and_wait("x", timeout=TIMEOUT)
         assert _unanswered_warnings(caplog) == []
 
     def test_ctrl_c_in_a_with_block_closes_without_waiting(self, server: ProtocolServer) -> None:
@@ -232,9 +234,8 @@ class TestLogs:
         """Every failed attempt logs one WARNING naming its cause and the delay; giving up is
         an ERROR."""
         client = Client(_refused_url(), backoff=Backoff(initial=0.01, max_attempts=2))
-        with caplog.at_level(logging.WARNING, logger="wsync"):
-            with pytest.raises(wsync.ConnectError):
-                client.connect(timeout=TIMEOUT)
+        with caplog.at_level(logging.WARNING, logger="wsync"), pytest.raises(wsync.ConnectError):
+            client.connect(timeout=TIMEOUT)
         client.close()
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -304,7 +305,7 @@ class TestFutureTimeouts:
         """send_and_wait raises ResponseTimeout whose message names the timeout."""
         with Client(server.url, backoff=FAST) as client:
             server.stall()
-            with pytest.raises(wsync.ResponseTimeout, match="within 0.1 s"):
+            with pytest.raises(wsync.ResponseTimeout, match=r"within 0\.1 s"):
                 client.send_and_wait("x", timeout=0.1)
             server.unstall()
 

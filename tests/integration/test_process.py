@@ -363,7 +363,8 @@ CLAIM_SCRIPT = textwrap.dedent(
     """
     import sys, wsync
     try:
-        wsync.Client("ws://127.0.0.1:9", client_id="durable", outbox=wsync.SQLiteOutbox(sys.argv[1]))
+        outbox = wsync.SQLiteOutbox(sys.argv[1])
+        wsync.Client("ws://127.0.0.1:9", client_id="durable", outbox=outbox)
         print("claimed")
     except wsync.OutboxError:
         print("refused")

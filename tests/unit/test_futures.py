@@ -52,51 +52,106 @@ class TestWaiting:
         assert len(list(concurrent.futures.as_completed(futures, TIMEOUT))) == 3
 
 
-class TestFastResolution:
-    def test_fast_result_when_no_callbacks(self) -> None:
-        """try_set_result_fast() sets the result when no done-callback is registered."""
-        future = MessageFuture("m")
-        assert future.try_set_result_fast(RESPONSE)
+class _Owner:
+    """A stand-in for the engine: a resolve lock and a withdraw() that says yes or no."""
+
+    def __init__(self, withdraws: bool = True, error: BaseException | None = None) -> None:
+        self.resolve_lock = threading.Lock()
+        self.withdraws = withdraws
+        self.error = error
+        self.asked: list[str] = []
+
+    def withdraw(self, future: MessageFuture) -> bool:
+        self.asked.append(future.message_id)
+        if self.error is not None:
+            raise self.error
+        return self.withdraws
+
+
+class TestSettle:
+    def test_settle_sets_the_result_and_hands_back_the_callbacks(self) -> None:
+        """settle() finishes the future and returns its done-callbacks instead of running them."""
+        future = MessageFuture("m", _Owner())
+        ran: list[object] = []
+        future.add_done_callback(ran.append)
+        callbacks = future.settle(RESPONSE, None)
+        assert future.result(0) == RESPONSE
+        assert ran == [] and callbacks is not None and len(callbacks) == 1
+
+    def test_settle_of_a_done_future_returns_none(self) -> None:
+        """A second settle() changes nothing and says so with None."""
+        future = MessageFuture("m", _Owner())
+        assert future.settle(RESPONSE, None) == []
+        assert future.settle(None, RuntimeError("late")) is None
         assert future.result(0) == RESPONSE
 
-    def test_fast_result_refused_with_callbacks(self) -> None:
-        """With a done-callback registered, the fast path declines: it must run elsewhere."""
-        future = MessageFuture("m")
-        future.add_done_callback(lambda _: None)
-        assert not future.try_set_result_fast(RESPONSE)
-        assert not future.done()
-
-    def test_callback_added_after_fast_result_runs_in_the_adding_thread(self) -> None:
-        """A callback added after resolution runs at once in the thread that adds it."""
-        future = MessageFuture("m")
-        future.try_set_result_fast(RESPONSE)
+    def test_callback_added_after_settle_runs_in_the_adding_thread(self) -> None:
+        """A callback added to a finished future runs at once in the thread that adds it."""
+        future = MessageFuture("m", _Owner())
+        future.settle(RESPONSE, None)
         ran_on: list[str] = []
         future.add_done_callback(lambda _: ran_on.append(threading.current_thread().name))
         assert ran_on == [threading.current_thread().name]
 
+    def test_set_result_runs_callbacks_in_the_caller(self) -> None:
+        """The public set_result() runs the done-callbacks in its thread, as Future does."""
+        future = MessageFuture("m")
+        ran: list[object] = []
+        future.add_done_callback(ran.append)
+        future.set_result(RESPONSE)
+        assert ran == [future]
+
+    def test_mark_running_after_the_write(self) -> None:
+        """mark_running() makes running() true, and does nothing to a finished future."""
+        future = MessageFuture("m", _Owner())
+        future.mark_running()
+        assert future.running()
+        future.mark_running()  # twice: no error
+        done = MessageFuture("n", _Owner())
+        done.settle(RESPONSE, None)
+        done.mark_running()
+        assert done.done() and not done.running()
+
+    def test_no_private_future_state_is_touched(self) -> None:
+        """MessageFuture uses Future's public API only: no _state, _condition, _waiters or
+        _done_callbacks, which a Python release may change."""
+        import inspect
+
+        from wsync import _futures
+
+        source = inspect.getsource(_futures)
+        for name in ("._state", "._condition", "._waiters", "._done_callbacks", "._invoke"):
+            assert name not in source, name
+
 
 class TestCancel:
-    def test_cancel_hook_runs_once_before_callbacks(self) -> None:
-        """The cancel hook runs once, before done-callbacks; a second cancel() does not rerun it."""
+    def test_cancel_asks_the_owner_once_then_runs_callbacks(self) -> None:
+        """cancel() asks the owner to withdraw the message, then runs the callbacks; a second
+        cancel() does not ask again."""
+        owner = _Owner()
         order: list[str] = []
-        future = MessageFuture("m", lambda f: order.append(f"hook {f.message_id}"))
+        future = MessageFuture("m", owner)
         future.add_done_callback(lambda _: order.append("callback"))
         assert future.cancel()
         assert future.cancel()
-        assert order == ["hook m", "callback"]
+        assert owner.asked == ["m"] and order == ["callback"]
         assert future.cancelled()
 
-    def test_cancel_fails_once_running(self) -> None:
-        """Once running (written), cancel() returns False and the hook does not run."""
-        hooked: list[object] = []
-        future = MessageFuture("m", hooked.append)
-        assert future.set_running_or_notify_cancel()
+    def test_cancel_fails_when_the_owner_cannot_withdraw(self) -> None:
+        """A message being written or written before cannot be cancelled."""
+        future = MessageFuture("m", _Owner(withdraws=False))
         assert not future.cancel()
-        assert hooked == []
+        assert not future.cancelled() and not future.done()
+
+    def test_cancel_fails_once_running(self) -> None:
+        """Once running (written), cancel() returns False."""
+        future = MessageFuture("m", _Owner(withdraws=False))
+        future.mark_running()
+        assert not future.cancel()
 
     def test_cancel_wakes_waiters_with_cancelled_error(self) -> None:
         """A thread waiting in result() gets CancelledError when the future is cancelled."""
-        future = MessageFuture("m")
+        future = MessageFuture("m", _Owner())
         errors: list[BaseException] = []
 
         def wait() -> None:
@@ -111,26 +166,23 @@ class TestCancel:
         waiter.join(TIMEOUT)
         assert len(errors) == 1 and isinstance(errors[0], concurrent.futures.CancelledError)
 
-    def test_cancel_is_published_after_the_hook(self) -> None:
-        """While the hook withdraws the message, the future is not yet seen cancelled, nor
-        can the writer start it."""
-        seen: list[tuple[bool, bool]] = []
+    def test_cancel_is_published_after_the_withdrawal(self) -> None:
+        """While the owner withdraws the message, the future is not yet seen cancelled."""
+        seen: list[bool] = []
 
-        def hook(f: MessageFuture) -> None:
-            seen.append((f.cancelled(), f.set_running_or_notify_cancel()))
+        class Owner(_Owner):
+            def withdraw(self, future: MessageFuture) -> bool:
+                seen.append(future.cancelled())
+                return True
 
-        future = MessageFuture("m", hook)
+        future = MessageFuture("m", Owner())
         assert future.cancel()
-        assert seen == [(False, False)]
-        assert future.cancelled()
+        assert seen == [False] and future.cancelled()
 
-    def test_failing_hook_still_cancels(self) -> None:
-        """A hook that raises does not leave the future stuck: it is cancelled, the error shows."""
-
-        def hook(_: MessageFuture) -> None:
-            raise RuntimeError("engine bug")
-
-        future = MessageFuture("m", hook)
+    def test_an_owner_that_raises_leaves_the_future_pending(self) -> None:
+        """If the withdrawal fails (a forked child, a bug), the error shows and the future is
+        not cancelled: its message was not withdrawn."""
+        future = MessageFuture("m", _Owner(error=RuntimeError("engine bug")))
         with pytest.raises(RuntimeError):
             future.cancel()
-        assert future.cancelled()
+        assert not future.cancelled()

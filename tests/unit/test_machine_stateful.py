@@ -283,8 +283,9 @@ class MachineModel(RuleBasedStateMachine):
                 continue
             for e in targets:
                 assert id(e) in before, f"{e} was not pending"
-                assert m.pending.get(e.message_id) is not e
-                assert e.state is EntryState.DONE
+                if rule_name != "close":  # close() keeps them until forget_all()
+                    assert m.pending.get(e.message_id) is not e
+                    assert e.state is EntryState.DONE
                 place = self.index[id(e)]
                 self.completions[place] = self.completions.get(place, 0) + 1
                 assert self.completions[place] == 1, f"{e} completed twice"
@@ -303,22 +304,29 @@ class MachineModel(RuleBasedStateMachine):
             and rule_name not in ("reconnect", "stop_trying")
         )
         blame = failure and prev is CF  # the messages written on it were lost with it
-        failed = 0
-        gives_up = False
-        if failure:
-            failed = 0 if prev is CF and self.proven else self.attempt
-            limit = self.backoff.max_attempts
-            gives_up = not retryable or (limit is not None and failed >= limit)
 
-        # Deliveries: one more for each message on the wire of a connection that was lost.
+        # Deliveries: one more for each message on the wire of a connection that was lost
+        # (counted only when there is a limit to count towards).
         limit = self.max_deliveries
         poisoned = []
         for key, e in before.items():
             state, deliveries = was[key]
-            on_wire = blame and state is EntryState.WRITTEN
+            on_wire = blame and limit is not None and state is EntryState.WRITTEN
             assert e.deliveries == deliveries + on_wire, (e, rule_name)
             if on_wire and limit is not None and e.deliveries >= limit:
                 poisoned.append(e)
+
+        failed = 0
+        gives_up = False
+        if failure:
+            # Proven: by a response or pong, or CONFIRMED reset_after seconds (even when the
+            # timer had not run yet). A loss that gave up a poison message is no failure of
+            # the server's either.
+            due = self.proof_at is not None and self.now >= self.proof_at
+            proven = prev is CF and (self.proven or due or bool(poisoned))
+            failed = 0 if proven else self.attempt
+            attempts = self.backoff.max_attempts
+            gives_up = not retryable or (attempts is not None and failed >= attempts)
         poison_fails = [f for f in fails if isinstance(f.error(), DeliveryError)]
         assert [f.entries for f in poison_fails] == [(e,) for e in poisoned]
         assert all(f.final for f in poison_fails)
@@ -575,6 +583,7 @@ class MachineModel(RuleBasedStateMachine):
             self._ignored("close", m.close)
             return
         self._call("close", m.close)
+        m.forget_all()  # as the engine does once it failed the futures
         assert m.status is CL
         assert m.ledger.writer is None
         self.expected_attempt = None
