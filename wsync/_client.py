@@ -21,8 +21,8 @@ from wsync._backoff import Backoff
 from wsync._engine import Callbacks, Engine
 from wsync._errors import ServerError
 from wsync._futures import MessageFuture
+from wsync._handshake import Connector, is_loopback_host, redact_url, validate_url
 from wsync._outbox import Outbox
-from wsync._transport import Connector, is_loopback_host, redact_url, validate_url
 from wsync._values import ConnectionState, Stats, validate_client_id
 from wsync.protocol import Response
 

@@ -20,8 +20,10 @@ from typing import Any
 
 from wsync import protocol
 from wsync._backoff import Backoff
+from wsync._connection import Transport
 from wsync._errors import ClientClosed, ConnectError, ConnectTimeout, ResponseTimeout
 from wsync._futures import MessageFuture
+from wsync._handshake import Connector, redact_url
 from wsync._loops import ThreadLoops
 from wsync._machine import (
     Abort,
@@ -52,7 +54,6 @@ from wsync._support import (
     _MalformedLog,
     uuid4_text,
 )
-from wsync._transport import Connector, Transport, redact_url
 from wsync._values import ConnectionState, Stats, Status
 from wsync.protocol import Response
 

@@ -38,15 +38,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from wsync import protocol
+from wsync._connection import MalformedFrame, Transport, TransportClosed
 from wsync._errors import ConnectError, ProtocolError, TLSError
+from wsync._handshake import Connector
 from wsync._machine import Abort, Action, Control, Entry, EntryState, Forget, Machine, Open
 from wsync._support import Clock, _MalformedLog
-from wsync._transport import (
-    Connector,
-    MalformedFrame,
-    Transport,
-    TransportClosed,
-)
 from wsync.protocol import Response
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""wsync._transport against real servers on 127.0.0.1: websockets, raw listeners, a proxy."""
+"""wsync._handshake and wsync._connection against real servers on 127.0.0.1: websockets, raw
+listeners, a proxy."""
 
 from __future__ import annotations
 
@@ -22,16 +23,8 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.integration._proxy import ConnectProxy
 from wsync._errors import ConnectError, TLSError, UpgradeRejected
-from wsync._framing import _BufferedSocket
-from wsync._transport import (
-    Connector,
-    MalformedFrame,
-    Transport,
-    TransportClosed,
-    is_loopback_host,
-    redact_url,
-    validate_url,
-)
+from wsync._connection import MalformedFrame, Transport, TransportClosed
+from wsync._handshake import Connector, is_loopback_host, redact_url, validate_url
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -220,7 +213,7 @@ def socket_peer() -> Iterator[tuple[Transport, socket.socket]]:
     """A transport over one end of a socket pair, and the other end: the test plays the server,
     byte by byte (what websockets never would send), on a socket whose buffers stay put."""
     ours, theirs = socket.socketpair()
-    transport = Transport(_BufferedSocket(ours, None), max_frame_size=1 << 20, where="pair")
+    transport = Transport(ours, max_frame_size=1 << 20, where="pair")
     with theirs:
         try:
             yield transport, theirs
@@ -514,14 +507,18 @@ class TestTransport:
             transport.send_text("send-binary")
             assert transport.recv() == b"\x00\x01\xff"
 
-    def test_invalid_utf8_is_malformed_and_the_next_frame_arrives(self, server: EchoServer) -> None:
-        """A text frame with invalid UTF-8 raises MalformedFrame; the connection still works."""
+    def test_invalid_utf8_fails_the_connection_with_1007(self, server: EchoServer) -> None:
+        """A text frame with invalid UTF-8 fails the connection with close code 1007 (RFC 8.1)."""
         with opened(Connector(server.url())) as transport:
             transport.send_texts(["send-invalid-utf8", "after"])
-            with pytest.raises(MalformedFrame) as caught:
+            with pytest.raises(TransportClosed) as caught:
                 transport.recv()
-            assert "ok" not in str(caught.value)
-            assert transport.recv() == "after"
+            assert caught.value.violation and caught.value.close_code is None
+            assert "UTF-8" in str(caught.value) and "ok" not in str(caught.value)
+            with pytest.raises(TransportClosed):
+                transport.recv()
+        assert server.closed.wait(TIMEOUT)
+        assert server.close_codes == [1007]
 
     def test_oversize_frame_is_malformed_and_the_next_frame_arrives(
         self, server: EchoServer
@@ -647,9 +644,9 @@ class TestTransport:
 
     def test_ping_with_a_full_send_buffer_leaves_the_reader_free(self) -> None:
         """A ping that finds the send buffer full does not stall recv(); the next write sends the
-        pong after its own frame."""
+        pong first."""
         with socket_peer() as (transport, peer):
-            ours = transport._sock._sock  # the socket pair's end under the transport
+            ours = transport._sock  # the socket pair's end under the transport
             fill_send_buffer(ours)
             peer.sendall(b"\x89\x05probe" + b"\x81\x05after")  # a ping, then a text frame
             thread, outcome = in_thread(transport.recv)
@@ -661,10 +658,10 @@ class TestTransport:
             drain.join(TIMEOUT)
             assert not drain.is_alive()
             assert "result" in drained, drained.get("error")
-            assert drained["result"].lstrip(b"\0").startswith(b"\x81\x85")  # "flush" came first
+            assert drained["result"].lstrip(b"\0").startswith(b"\x8a\x85")  # the pong came first
 
     def test_frame_taken_in_part_is_finished_before_anything_else(self) -> None:
-        """A control frame the kernel takes only in part is written whole by send_bounded."""
+        """A control frame the kernel takes only in part is written whole by _send_bounded."""
 
         class Trickle:
             """A socket whose send() takes one byte at a time, as a nearly full kernel might."""
@@ -680,8 +677,8 @@ class TestTransport:
 
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            buffered = _BufferedSocket(Trickle(ours), None)  # type: ignore[arg-type]
-            assert buffered.send_bounded(b"\x8a\x80pong", 0.0)
+            transport = Transport(Trickle(ours), max_frame_size=1 << 20, where="pair")  # type: ignore[arg-type]
+            assert transport._send_bounded(b"\x8a\x80pong", 0.0)
             theirs.settimeout(TIMEOUT)
             assert read_until(theirs, b"pong") == b"\x8a\x80pong"
 
