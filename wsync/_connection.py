@@ -29,6 +29,7 @@ from typing import Final, NoReturn
 
 from wsync._frames import (
     CLOSE_NO_STATUS,
+    OP_BINARY,
     OP_PONG,
     Close,
     Dropped,
@@ -174,6 +175,19 @@ class Transport:
         """
         self.send_texts([text])
 
+    def send_binary(self, data: bytes) -> None:
+        """Write one binary frame; blocks until the kernel has it. Thread-safe.
+
+        wsync's protocol sends text only; this is for tools (the Autobahn echo client).
+
+        Raises:
+            TypeError: ``data`` is not bytes-like.
+            TransportClosed: the connection ended or the write failed.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, got {type(data).__name__}")
+        self._write(encode_frame(OP_BINARY, bytes(data)))
+
     def try_send_text(self, text: str) -> bool:
         """Write one text frame now if that cannot block; False if nothing was written.
 
@@ -212,9 +226,11 @@ class Transport:
             TypeError, ValueError: as :meth:`send_text`.
             TransportClosed: the connection ended or the write failed (some frames may be written).
         """
-        if not texts:
-            return
-        data = b"".join([encode_text(text) for text in texts])
+        if texts:
+            self._write(b"".join([encode_text(text) for text in texts]))
+
+    def _write(self, data: bytes) -> None:
+        """Write frames with a blocking ``sendall``, the pong owed first."""
         with self._send_lock:
             self._check_open()
             try:
