@@ -24,6 +24,11 @@ if [ -z "$python" ]; then
   if [ -x "$root/.venv/bin/python" ]; then python="$root/.venv/bin/python"; else python=python3; fi
 fi
 
+if ! "$python" -c "import attrs, cattrs" 2>/dev/null; then
+  echo "autobahn: $python lacks wsync's dependencies: create .venv as README says, or set WSYNC_PYTHON"
+  exit 2
+fi
+
 if [ ! -x "$venv/bin/wstest" ]; then
   echo "autobahn: installing autobahntestsuite 25.10.1 into $venv"
   py27="$(pyenv root)/versions/2.7.18/bin/python"
