@@ -241,7 +241,7 @@ class Transport:
             except Exception as exc:
                 raise self._lost(exc) from exc
         if self._pong_owed is not None:
-            self._flush_pong()
+            self._flush_pong(wait=True)  # a writer may wait for room; a pong owed must go out
 
     def send_close(self, code: int = 1000) -> None:
         """Write a WebSocket close frame, best effort: never blocks long.
@@ -281,19 +281,25 @@ class Transport:
             self._pong_owed = payload
         self._flush_pong()
 
-    def _flush_pong(self) -> None:
-        """Write the pong owed if the send lock is free and the socket has room: never blocks.
+    def _flush_pong(self, *, wait: bool = False) -> None:
+        """Write the pong owed if the send lock is free: never waits for the lock.
 
         Every thread that held the send lock checks for a pong after releasing it, so a pong
-        owed while the lock was busy is written by the thread that held it (or, when the socket
-        had no room, by the next write or the next ping's answer).
+        owed while the lock was busy is written by the thread that held it. The reader and
+        :meth:`try_send_text` write it only if the socket has room now; a writer thread
+        (``wait``) waits for room as it does for its own frames. So a pong owed while the socket
+        is full goes out with the next write (wsync's heartbeat writes at least once per
+        interval) or the next ping's answer, whichever comes first.
         """
         while self._pong_owed is not None and self._send_lock.acquire(blocking=False):
             try:
                 payload = self._take_pong()
                 if payload is None or self._closed_reason is not None or self._close_sent:
                     continue
-                if not self._send_bounded(encode_frame(OP_PONG, payload), 0.0):
+                frame = encode_frame(OP_PONG, payload)
+                if wait:
+                    self._sock.sendall(frame)
+                elif not self._send_bounded(frame, 0.0):
                     self._keep_pong(payload)
                     return
             except Exception as exc:
