@@ -383,9 +383,8 @@ class TestUpgradeBounds:
             extra = b"".join(b"X-%d: v\r\n" % i for i in range(2000))
             conn.sendall(switching(request, extra))
 
-        with RawServer(script, upgrade=False) as server:
-            with pytest.raises(ConnectError) as caught:
-                Connector(server.url()).open(TIMEOUT)
+        with RawServer(script, upgrade=False) as server, pytest.raises(ConnectError) as caught:
+            Connector(server.url()).open(TIMEOUT)
         assert caught.value.phase == "upgrade"
 
     @pytest.mark.parametrize(
@@ -404,9 +403,11 @@ class TestUpgradeBounds:
         def script(conn: socket.socket, request: bytes) -> None:
             conn.sendall(switching(request, extra, version))
 
-        with RawServer(script, upgrade=False) as server:
-            with pytest.raises(ConnectError, match=words) as caught:
-                Connector(server.url()).open(TIMEOUT)
+        with (
+            RawServer(script, upgrade=False) as server,
+            pytest.raises(ConnectError, match=words) as caught,
+        ):
+            Connector(server.url()).open(TIMEOUT)
         assert caught.value.phase == "upgrade"
 
     def test_wrong_accept_key_is_refused(self) -> None:
@@ -418,9 +419,11 @@ class TestUpgradeBounds:
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: bm90IGl0\r\n\r\n"
             )
 
-        with RawServer(script, upgrade=False) as server:
-            with pytest.raises(ConnectError, match="Accept"):
-                Connector(server.url()).open(TIMEOUT)
+        with (
+            RawServer(script, upgrade=False) as server,
+            pytest.raises(ConnectError, match="Accept"),
+        ):
+            Connector(server.url()).open(TIMEOUT)
 
     def test_frames_in_the_same_packet_as_the_101_arrive(self) -> None:
         """Frames sent right behind the 101 are not lost by the upgrade."""

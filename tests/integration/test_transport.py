@@ -22,8 +22,8 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.integration._proxy import ConnectProxy
-from wsync._errors import ConnectError, TLSError, UpgradeRejected
 from wsync._connection import MalformedFrame, Transport, TransportClosed
+from wsync._errors import ConnectError, TLSError, UpgradeRejected
 from wsync._handshake import Connector, is_loopback_host, redact_url, validate_url
 
 pytestmark = pytest.mark.timeout(30)
