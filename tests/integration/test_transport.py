@@ -24,7 +24,17 @@ from websockets.sync.server import Server, ServerConnection, serve
 from tests.integration._proxy import ConnectProxy
 from wsync._connection import MalformedFrame, Transport, TransportClosed
 from wsync._errors import ConnectError, TLSError, UpgradeRejected
-from wsync._handshake import Connector, is_loopback_host, redact_url, validate_url
+from wsync._handshake import (
+    Connector,
+    ProxyTarget,
+    check_headers,
+    check_max_frame_size,
+    check_ssl_context,
+    is_loopback_host,
+    parse_proxy,
+    redact_url,
+    validate_url,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -336,6 +346,44 @@ class TestConnectorOptions:
         """open() needs a positive finite timeout."""
         with pytest.raises(ValueError):
             Connector("ws://127.0.0.1:1/").open(0)
+
+    def test_headers_may_be_a_callable_or_a_mapping_only(self) -> None:
+        """check_headers keeps a callable for later and refuses anything but a mapping."""
+
+        def fresh() -> dict[str, str]:
+            return {"Authorization": "t"}
+
+        assert check_headers(fresh) is fresh
+        assert check_headers({"A": "1"}) == (("A", "1"),)
+        assert check_headers(None) == ()
+        with pytest.raises(TypeError):
+            check_headers(["A: 1"])
+        with pytest.raises(TypeError):
+            check_headers({"A": 1})
+
+    def test_ssl_context_for_a_ws_url_is_refused(self) -> None:
+        """An ssl_context for ws:// would be silently unused: ValueError."""
+        with pytest.raises(ValueError, match="wss"):
+            check_ssl_context(ssl.create_default_context(), "ws://127.0.0.1:1/")
+        with pytest.raises(TypeError):
+            check_ssl_context("tls", "wss://127.0.0.1:1/")
+
+    def test_parse_proxy_gives_host_port_and_credentials(self) -> None:
+        """parse_proxy decodes percent-escaped credentials and defaults the port to 80."""
+        assert parse_proxy(None) is None
+        assert parse_proxy("http://me:p%40ss@proxy.example") == ProxyTarget(
+            "proxy.example", 80, ("me", "p@ss")
+        )
+        with pytest.raises(TypeError):
+            parse_proxy(3128)
+
+    @pytest.mark.parametrize(
+        ("value", "error"), [(True, TypeError), ("1", TypeError), (0, ValueError)]
+    )
+    def test_check_max_frame_size(self, value: object, error: type[Exception]) -> None:
+        """max_frame_size is an int >= 1 (not a bool)."""
+        with pytest.raises(error):
+            check_max_frame_size(value)
 
 
 class TestOpen:
