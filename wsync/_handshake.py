@@ -12,14 +12,15 @@ or retries. It holds no wsync lock and starts no long-lived thread (only a short
 ``wsync-resolve`` thread per ``open()``, so a slow DNS lookup stays bounded by the timeout and by
 ``cancel()``); the only user code it runs is a ``headers`` callable, once per attempt.
 
-The upgrade is written here, on the standard library's HTTP header parser, rather than by
-websocket-client, which did it before: websocket-client keeps one cookie jar for the whole
-process (a ``Set-Cookie`` from one server went to every other client of that host), reads header
-lines without any limit, accepts a 101 that selects an extension or subprotocol never offered and
-an HTTP/1.0 answer, and quotes the server's response in its errors. Here the response head gets a
-byte budget (:data:`MAX_RESPONSE_HEAD`), errors carry only a status code and wsync's own words
-(never text that came from the network, which a reflecting proxy could fill with our own
-``Proxy-Authorization``), and cookies stay in their :class:`Connector`.
+The upgrade's HTTP is wsync's own (``wsync._http11``, on the standard library's header
+parser) rather than websocket-client's, which did it before: websocket-client keeps one cookie
+jar for the whole process (a ``Set-Cookie`` from one server went to every other client of that
+host), reads header lines without any limit, accepts a 101 that selects an extension or
+subprotocol never offered and an HTTP/1.0 answer, and quotes the server's response in its
+errors. Here the response head gets a byte budget (``wsync._http11.MAX_RESPONSE_HEAD``), errors
+carry only a status code and wsync's own words (never text that came from the network, which a
+reflecting proxy could fill with our own ``Proxy-Authorization``), and cookies stay in their
+:class:`Connector`. wsync no longer imports websocket-client at all.
 
 Cookies: each :class:`Connector` keeps its own :class:`http.cookiejar.CookieJar` (its default
 policy: domain, path, expiry and ``Secure`` rules), so a client sends its own server's cookies
@@ -34,7 +35,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import hashlib
 import http.client
 import http.cookiejar
 import ipaddress
@@ -53,9 +53,18 @@ from urllib.parse import unquote, urlsplit
 
 from wsync._connection import Transport
 from wsync._errors import ConnectError, TLSError, UpgradeRejected
+from wsync._http11 import (
+    BadResponse,
+    CookieResponse,
+    HeadReader,
+    PeerClosed,
+    Refused,
+    check_upgrade,
+    read_head,
+    send_head,
+)
 
 __all__ = [
-    "MAX_RESPONSE_HEAD",
     "Connector",
     "HeadersOption",
     "ProxyTarget",
@@ -70,9 +79,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The most bytes a proxy's or server's response head (status line and headers) may take: a
-#: server that sends an endless header line, or headers without end, fails the attempt here.
-MAX_RESPONSE_HEAD: Final = 64 * 1024
 #: Headers the upgrade writes itself; a second copy would break it.
 _RESERVED_HEADERS: Final = frozenset(
     {
@@ -88,7 +94,6 @@ _RESERVED_HEADERS: Final = frozenset(
     }
 )
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
-_ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: (family, type, proto, sockaddr) of one getaddrinfo() answer.
 _Address = tuple[int, int, int, Any]
 _TOKEN_CHARS: Final = frozenset(
@@ -114,18 +119,6 @@ class ProxyTarget(NamedTuple):
 
 class _Cancelled(Exception):
     """Internal: Connector.cancel() was called while (or before) this open() ran."""
-
-
-class _Refused(Exception):
-    """Internal: the upgrade was answered with another status than 101."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _BadResponse(Exception):
-    """Internal: the response broke HTTP or RFC 6455; ``str()`` is wsync's words only."""
 
 
 def _find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -167,7 +160,7 @@ def _map_error(
     if isinstance(verify, ssl.SSLCertVerificationError):
         detail = verify.verify_message or verify.reason or "verification failed"
         return TLSError(f"tls certificate verification failed ({detail}): {where}")
-    if isinstance(exc, _Refused):
+    if isinstance(exc, Refused):
         code = exc.status
         if phase == "proxy":
             return ConnectError(f"proxy refused the tunnel with HTTP {code}: {where}", phase=phase)
@@ -178,7 +171,7 @@ def _map_error(
         if code in (401, 403):
             return UpgradeRejected(f"upgrade rejected by server with HTTP {code}: {where}", code)
         return UpgradeRejected(f"upgrade failed with HTTP {code}: {where}", code)
-    if isinstance(exc, _BadResponse):
+    if isinstance(exc, BadResponse):
         return ConnectError(f"{words} failed ({exc}): {where}", phase=phase)
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return ConnectError(
@@ -194,16 +187,12 @@ def _map_error(
         )
     if isinstance(exc, ConnectionRefusedError):
         return ConnectError(f"connection refused: {where}", phase=phase)
-    if isinstance(exc, _PeerClosed):
+    if isinstance(exc, PeerClosed):
         return ConnectError(f"connection closed by server during {words}: {where}", phase=phase)
     if isinstance(exc, OSError):
         reason = exc.strerror or type(exc).__name__
         return ConnectError(f"{words} failed ({reason}): {where}", phase=phase)
     return ConnectError(f"{words} failed ({type(exc).__name__}): {where}", phase=phase)
-
-
-class _PeerClosed(Exception):
-    """Internal: the server or proxy closed the connection before its response head ended."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,119 +370,6 @@ def _split_target(url: str) -> tuple[str, int, bool]:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-# --------------------------------------------------------------------------------------------------
-# HTTP: the proxy's CONNECT and the upgrade
-
-
-class _HeadReader:
-    """Reads one HTTP response head from a socket within a byte budget; keeps what follows.
-
-    ``readline(limit)`` is what :func:`http.client.parse_headers` calls. The socket's timeout
-    (set by the caller from the attempt's deadline) bounds each read; :data:`MAX_RESPONSE_HEAD`
-    bounds the bytes, so an endless line or endless headers fail the attempt, not memory.
-    """
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-        self._buf = b""
-        self._taken = 0  # bytes of the head handed out so far
-
-    def leftover(self) -> bytes:
-        """What the server sent after the head (the first frames, for the Transport)."""
-        return self._buf
-
-    def readline(self, limit: int = -1) -> bytes:
-        while True:
-            end = self._buf.find(b"\n") + 1
-            if end:
-                return self._take(end)
-            if 0 <= limit <= len(self._buf):
-                return self._take(limit)
-            if self._taken + len(self._buf) >= MAX_RESPONSE_HEAD:
-                raise _BadResponse(f"response head over {MAX_RESPONSE_HEAD} bytes")
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("timed out")
-            self._sock.settimeout(remaining)
-            chunk = self._sock.recv(4096)
-            if not chunk:
-                raise _PeerClosed("EOF")
-            self._buf += chunk
-
-    def _take(self, n: int) -> bytes:
-        line = self._buf[:n]
-        self._buf = self._buf[n:]
-        self._taken += n
-        if self._taken > MAX_RESPONSE_HEAD:
-            raise _BadResponse(f"response head over {MAX_RESPONSE_HEAD} bytes")
-        return line
-
-
-def _read_head(reader: _HeadReader) -> tuple[bytes, int, http.client.HTTPMessage]:
-    """Read a response's status line and headers: (HTTP version, status code, headers).
-
-    Raises:
-        _BadResponse: not an HTTP/1.x status line, or headers http.client refuses.
-    """
-    line = reader.readline(1024)
-    parts = line.rstrip(b"\r\n").split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-        raise _BadResponse("not an HTTP/1.x status line")
-    version, code = parts[0], parts[1]
-    if len(code) != 3 or not code.isdigit():
-        raise _BadResponse("invalid status code")
-    try:
-        headers = http.client.parse_headers(reader)  # type: ignore[arg-type, unused-ignore]  # readline() only
-    except http.client.HTTPException as exc:
-        # LineTooLong or "got more than 100 headers": the type only, never the text.
-        raise _BadResponse(f"invalid response headers ({type(exc).__name__})") from None
-    return version, int(code), headers
-
-
-def _tokens(headers: http.client.HTTPMessage, name: str) -> set[str]:
-    """The comma-separated tokens of every ``name`` header, lowercased."""
-    found: set[str] = set()
-    for value in headers.get_all(name) or ():
-        found.update(token.strip().lower() for token in value.split(","))
-    return found
-
-
-def _accept_for(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + _ACCEPT_GUID).digest()).decode()
-
-
-def _check_upgrade(version: bytes, headers: http.client.HTTPMessage, key: str) -> None:
-    """RFC 6455 section 4.1: what a client must check in a 101 before it speaks WebSocket.
-
-    Raises:
-        _BadResponse: the 101 is not a valid WebSocket upgrade for our request.
-    """
-    if version != b"HTTP/1.1":
-        raise _BadResponse("server answered with HTTP/1.0, not HTTP/1.1")
-    if "websocket" not in _tokens(headers, "Upgrade"):
-        raise _BadResponse("101 without Upgrade: websocket")
-    if "upgrade" not in _tokens(headers, "Connection"):
-        raise _BadResponse("101 without Connection: Upgrade")
-    accepts = headers.get_all("Sec-WebSocket-Accept") or []
-    if len(accepts) != 1 or accepts[0].strip() != _accept_for(key):
-        raise _BadResponse("Sec-WebSocket-Accept does not match the key sent")
-    if headers.get_all("Sec-WebSocket-Extensions"):
-        raise _BadResponse("server selected an extension that was not offered")
-    if headers.get_all("Sec-WebSocket-Protocol"):
-        raise _BadResponse("server selected a subprotocol that was not offered")
-
-
-class _CookieResponse:
-    """What :meth:`http.cookiejar.CookieJar.extract_cookies` asks of a response."""
-
-    def __init__(self, headers: http.client.HTTPMessage) -> None:
-        self._headers = headers
-
-    def info(self) -> http.client.HTTPMessage:
-        return self._headers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -718,13 +594,13 @@ class Connector:
         if proxy.auth is not None:
             token = base64.b64encode(":".join(proxy.auth).encode()).decode()
             lines.append(f"Proxy-Authorization: Basic {token}")
-        _send_head(sock, lines, deadline)
-        reader = _HeadReader(sock, deadline)
-        _version, status, _headers = _read_head(reader)
+        send_head(sock, lines, deadline)
+        reader = HeadReader(sock, deadline)
+        _version, status, _headers = read_head(reader)
         if not 200 <= status < 300:
-            raise _Refused(status)
+            raise Refused(status)
         if reader.leftover():
-            raise _BadResponse("proxy sent data before the upgrade")
+            raise BadResponse("proxy sent data before the upgrade")
 
     def _upgrade(
         self, sock: socket.socket, extra: tuple[tuple[str, str], ...], deadline: float
@@ -755,16 +631,16 @@ class Connector:
         ]
         if cookies:
             lines.append(f"Cookie: {'; '.join(cookies)}")
-        _send_head(sock, lines, deadline)
-        reader = _HeadReader(sock, deadline)
-        version, status, headers = _read_head(reader)
+        send_head(sock, lines, deadline)
+        reader = HeadReader(sock, deadline)
+        version, status, headers = read_head(reader)
         self._cookies.extract_cookies(
-            _CookieResponse(headers),  # type: ignore[arg-type]  # info() is all it reads
+            CookieResponse(headers),  # type: ignore[arg-type]  # info() is all it reads
             urllib.request.Request(self._cookie_url),
         )
         if status != 101:
-            raise _Refused(status)
-        _check_upgrade(version, headers, key)
+            raise Refused(status)
+        check_upgrade(version, headers, key)
         return reader.leftover()
 
     def _jar_cookie(self) -> str:
@@ -888,10 +764,3 @@ def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
 
 
-def _send_head(sock: socket.socket, lines: Sequence[str], deadline: float) -> None:
-    """Write an HTTP request head within the deadline."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("timed out")
-    sock.settimeout(remaining)
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())

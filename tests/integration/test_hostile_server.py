@@ -25,7 +25,8 @@ import pytest
 
 from wsync._connection import Transport, TransportClosed
 from wsync._errors import ConnectError, UpgradeRejected
-from wsync._handshake import MAX_RESPONSE_HEAD, Connector
+from wsync._handshake import Connector
+from wsync._http11 import MAX_RESPONSE_HEAD
 
 pytestmark = pytest.mark.timeout(60)
 
