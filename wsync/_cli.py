@@ -33,7 +33,7 @@ from wsync._errors import (
     UpgradeRejected,
     WsyncError,
 )
-from wsync._transport import is_loopback_host, validate_url
+from wsync._handshake import is_loopback_host, validate_url
 from wsync._values import validate_client_id
 
 if TYPE_CHECKING:

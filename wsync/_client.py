@@ -22,8 +22,8 @@ from wsync._backoff import Backoff
 from wsync._dispatch import Callbacks
 from wsync._engine import Engine
 from wsync._futures import MessageFuture
+from wsync._handshake import Connector, is_loopback_host, redact_url
 from wsync._outbox import Outbox
-from wsync._transport import Connector, is_loopback_host, redact_url
 from wsync._values import (
     ConnectionState,
     ErrorCallback,
@@ -157,7 +157,7 @@ class Client:
     ) -> None:
         # The connector checks what it uses (url, ssl_context, headers, proxy, frame size).
         connector = Connector(
-            url, ssl_context=ssl_context, headers=headers, proxy=proxy,  # type: ignore[arg-type]
+            url, ssl_context=ssl_context, headers=headers, proxy=proxy,
             max_frame_size=max_frame_size,
         )
         url = connector.url
@@ -182,8 +182,6 @@ class Client:
             rate_limit = _positive("rate_limit", rate_limit)
         max_send_size = _optional_count("max_send_size", max_send_size, 1)
         max_deliveries = _optional_count("max_deliveries", max_deliveries, 1)
-        if ssl_context is not None and not url.lower().startswith("wss://"):
-            raise ValueError("ssl_context is given but the URL is not wss://")
         if outbox is not None:
             for method in ("claim", "add", "discard", "count_deliveries", "release"):
                 if not callable(getattr(outbox, method, None)):

@@ -61,7 +61,8 @@ from wsync._machine import (
 )
 from wsync._outbox import MemoryOutbox, Outbox
 from wsync._timers import Clock, Deadline
-from wsync._transport import Connector, Transport, TransportClosed, redact_url
+from wsync._connection import Transport, TransportClosed
+from wsync._handshake import Connector, redact_url
 from wsync._values import (
     ConnectionState,
     ResponseCallback,

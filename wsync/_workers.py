@@ -44,7 +44,7 @@ from wsync._errors import ConnectError, ProtocolError
 from wsync._ledger import Entry
 from wsync._machine import Control, Machine
 from wsync._timers import Clock
-from wsync._transport import MalformedFrame, Transport, TransportClosed
+from wsync._connection import MalformedFrame, Transport, TransportClosed
 
 __all__ = ["Host", "MalformedLog", "Reader", "Timer", "Writer"]
 
@@ -316,11 +316,9 @@ class Reader:
             except TransportClosed as exc:
                 lost = lost_error("connection lost", exc)
                 with lock:
-                    if getattr(exc, "violation", False):
+                    if exc.violation:
                         machine.on_malformed()  # the server broke RFC 6455: we failed it
-                    machine.on_connection_lost(
-                        generation, lost, clock(), close_code=getattr(exc, "close_code", None)
-                    )
+                    machine.on_connection_lost(generation, lost, clock(), close_code=exc.close_code)
                     later = host.drain()
                 host.carry_out(later)
                 return

@@ -1,4 +1,5 @@
-"""wsync._transport against real servers on 127.0.0.1: websockets, raw listeners, a proxy."""
+"""wsync._handshake and wsync._connection against real servers on 127.0.0.1: websockets, raw
+listeners, a proxy."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.integration._proxy import ConnectProxy
+from wsync._connection import MalformedFrame, Transport, TransportClosed
 from wsync._errors import ConnectError, TLSError, UpgradeRejected
-from wsync._framing import _BufferedSocket
-from wsync._transport import (
+from wsync._handshake import (
     Connector,
-    MalformedFrame,
-    Transport,
-    TransportClosed,
+    ProxyTarget,
+    check_headers,
+    check_max_frame_size,
+    check_ssl_context,
     is_loopback_host,
+    parse_proxy,
     redact_url,
     validate_url,
 )
@@ -220,7 +223,7 @@ def socket_peer() -> Iterator[tuple[Transport, socket.socket]]:
     """A transport over one end of a socket pair, and the other end: the test plays the server,
     byte by byte (what websockets never would send), on a socket whose buffers stay put."""
     ours, theirs = socket.socketpair()
-    transport = Transport(_BufferedSocket(ours, None), max_frame_size=1 << 20, where="pair")
+    transport = Transport(ours, max_frame_size=1 << 20, where="pair")
     with theirs:
         try:
             yield transport, theirs
@@ -343,6 +346,44 @@ class TestConnectorOptions:
         """open() needs a positive finite timeout."""
         with pytest.raises(ValueError):
             Connector("ws://127.0.0.1:1/").open(0)
+
+    def test_headers_may_be_a_callable_or_a_mapping_only(self) -> None:
+        """check_headers keeps a callable for later and refuses anything but a mapping."""
+
+        def fresh() -> dict[str, str]:
+            return {"Authorization": "t"}
+
+        assert check_headers(fresh) is fresh
+        assert check_headers({"A": "1"}) == (("A", "1"),)
+        assert check_headers(None) == ()
+        with pytest.raises(TypeError):
+            check_headers(["A: 1"])
+        with pytest.raises(TypeError):
+            check_headers({"A": 1})
+
+    def test_ssl_context_for_a_ws_url_is_refused(self) -> None:
+        """An ssl_context for ws:// would be silently unused: ValueError."""
+        with pytest.raises(ValueError, match="wss"):
+            check_ssl_context(ssl.create_default_context(), "ws://127.0.0.1:1/")
+        with pytest.raises(TypeError):
+            check_ssl_context("tls", "wss://127.0.0.1:1/")
+
+    def test_parse_proxy_gives_host_port_and_credentials(self) -> None:
+        """parse_proxy decodes percent-escaped credentials and defaults the port to 80."""
+        assert parse_proxy(None) is None
+        assert parse_proxy("http://me:p%40ss@proxy.example") == ProxyTarget(
+            "proxy.example", 80, ("me", "p@ss")
+        )
+        with pytest.raises(TypeError):
+            parse_proxy(3128)
+
+    @pytest.mark.parametrize(
+        ("value", "error"), [(True, TypeError), ("1", TypeError), (0, ValueError)]
+    )
+    def test_check_max_frame_size(self, value: object, error: type[Exception]) -> None:
+        """max_frame_size is an int >= 1 (not a bool)."""
+        with pytest.raises(error):
+            check_max_frame_size(value)
 
 
 class TestOpen:
@@ -514,14 +555,18 @@ class TestTransport:
             transport.send_text("send-binary")
             assert transport.recv() == b"\x00\x01\xff"
 
-    def test_invalid_utf8_is_malformed_and_the_next_frame_arrives(self, server: EchoServer) -> None:
-        """A text frame with invalid UTF-8 raises MalformedFrame; the connection still works."""
+    def test_invalid_utf8_fails_the_connection_with_1007(self, server: EchoServer) -> None:
+        """A text frame with invalid UTF-8 fails the connection with close code 1007 (RFC 8.1)."""
         with opened(Connector(server.url())) as transport:
             transport.send_texts(["send-invalid-utf8", "after"])
-            with pytest.raises(MalformedFrame) as caught:
+            with pytest.raises(TransportClosed) as caught:
                 transport.recv()
-            assert "ok" not in str(caught.value)
-            assert transport.recv() == "after"
+            assert caught.value.violation and caught.value.close_code is None
+            assert "UTF-8" in str(caught.value) and "ok" not in str(caught.value)
+            with pytest.raises(TransportClosed):
+                transport.recv()
+        assert server.closed.wait(TIMEOUT)
+        assert server.close_codes == [1007]
 
     def test_oversize_frame_is_malformed_and_the_next_frame_arrives(
         self, server: EchoServer
@@ -647,9 +692,9 @@ class TestTransport:
 
     def test_ping_with_a_full_send_buffer_leaves_the_reader_free(self) -> None:
         """A ping that finds the send buffer full does not stall recv(); the next write sends the
-        pong after its own frame."""
+        pong first."""
         with socket_peer() as (transport, peer):
-            ours = transport._sock._sock  # the socket pair's end under the transport
+            ours = transport._sock  # the socket pair's end under the transport
             fill_send_buffer(ours)
             peer.sendall(b"\x89\x05probe" + b"\x81\x05after")  # a ping, then a text frame
             thread, outcome = in_thread(transport.recv)
@@ -661,10 +706,10 @@ class TestTransport:
             drain.join(TIMEOUT)
             assert not drain.is_alive()
             assert "result" in drained, drained.get("error")
-            assert drained["result"].lstrip(b"\0").startswith(b"\x81\x85")  # "flush" came first
+            assert drained["result"].lstrip(b"\0").startswith(b"\x8a\x85")  # the pong came first
 
     def test_frame_taken_in_part_is_finished_before_anything_else(self) -> None:
-        """A control frame the kernel takes only in part is written whole by send_bounded."""
+        """A control frame the kernel takes only in part is written whole by _send_bounded."""
 
         class Trickle:
             """A socket whose send() takes one byte at a time, as a nearly full kernel might."""
@@ -680,8 +725,8 @@ class TestTransport:
 
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            buffered = _BufferedSocket(Trickle(ours), None)  # type: ignore[arg-type]
-            assert buffered.send_bounded(b"\x8a\x80pong", 0.0)
+            transport = Transport(Trickle(ours), max_frame_size=1 << 20, where="pair")  # type: ignore[arg-type]
+            assert transport._send_bounded(b"\x8a\x80pong", 0.0)
             theirs.settimeout(TIMEOUT)
             assert read_until(theirs, b"pong") == b"\x8a\x80pong"
 

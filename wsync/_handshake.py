@@ -1,35 +1,42 @@
-"""The one module that imports websocket-client: open a WebSocket connection, or fail clearly.
+"""Open a WebSocket connection, or fail clearly: DNS, TCP, proxy tunnel, TLS and the HTTP upgrade.
 
-Its one job is turning a URL and options into an upgraded connection: validating URLs and options,
-DNS, TCP connect, an HTTP CONNECT proxy tunnel, TLS, the HTTP upgrade, cancelling an attempt in
-flight, and translating every websocket-client, ``ssl`` and ``OSError`` exception raised on the way
-into a :class:`~wsync._errors.ConnectError` in one place, :func:`_map_error`. What happens on the
-connection afterwards (frames, ``send``/``recv``/``close``/``abort``) is :mod:`wsync._framing`'s
-job; :class:`Transport` and its errors are re-exported from here, so the rest of wsync imports
-them from this module.
+Its one job is turning a URL and options into an upgraded socket handed to
+:class:`~wsync._connection.Transport`: validating the URL and every option once (the validators
+below are what ``Client`` calls too), DNS, TCP connect, an HTTP CONNECT proxy tunnel, TLS, the
+HTTP/1.1 upgrade (RFC 6455 section 4.1) with its checks, a cookie jar per :class:`Connector`,
+cancelling an attempt in flight, and translating every ``ssl``, ``OSError`` and HTTP failure on
+the way into a :class:`~wsync._errors.ConnectError` with its ``phase``, in one place,
+:func:`_map_error`. What it must not do: read or write WebSocket frames (``wsync._connection``
+and ``wsync._frames`` do), or know anything of the wsync protocol, the state machine, the outbox
+or retries. It holds no wsync lock and starts no long-lived thread (only a short-lived
+``wsync-resolve`` thread per ``open()``, so a slow DNS lookup stays bounded by the timeout and by
+``cancel()``); the only user code it runs is a ``headers`` callable, once per attempt.
 
-What it must not do: parse or write WebSocket frames (``wsync._framing`` does, and never imports
-websocket-client), or know anything of the wsync protocol, the state machine, the outbox or
-retries. It holds no wsync lock, runs no user code and starts no long-lived thread (only a
-short-lived ``wsync-resolve`` thread per ``open()``, so a slow DNS lookup stays bounded by the
-timeout and by ``cancel()``).
+The upgrade's HTTP is wsync's own (``wsync._http11``, on the standard library's header
+parser) rather than websocket-client's, which did it before: websocket-client keeps one cookie
+jar for the whole process (a ``Set-Cookie`` from one server went to every other client of that
+host), reads header lines without any limit, accepts a 101 that selects an extension or
+subprotocol never offered and an HTTP/1.0 answer, and quotes the server's response in its
+errors. Here the response head gets a byte budget (``wsync._http11.MAX_RESPONSE_HEAD``), errors
+carry only a status code and wsync's own words (never text that came from the network, which a
+reflecting proxy could fill with our own ``Proxy-Authorization``), and cookies stay in their
+:class:`Connector`. wsync no longer imports websocket-client at all.
 
-How :meth:`Connector.open` works: it opens the TCP socket itself (``getaddrinfo`` + a non-blocking
-``connect``), tunnels through an HTTP CONNECT proxy when asked (websocket-client's tunnel helper),
-wraps TLS with the caller's ``ssl.SSLContext`` (default: ``ssl.create_default_context()``, which
-verifies the certificate and the host name) and hands the socket to websocket-client for the HTTP
-upgrade only. Every socket in flight is registered, so :meth:`Connector.cancel` can ``shutdown()``
-it from another thread: websocket-client's own ``abort()`` cannot interrupt an upgrade in flight.
-websocket-client's ``WebSocket`` object is dropped after the upgrade: its ``close()`` reads frames
-itself, which would race the reader thread.
+Cookies: each :class:`Connector` keeps its own :class:`http.cookiejar.CookieJar` (its default
+policy: domain, path, expiry and ``Secure`` rules), so a client sends its own server's cookies
+back on its reconnects (sticky sessions) and nothing else: a Connector only ever talks to one
+host, and no jar is shared between clients.
 
 Logging: DEBUG only, never header values, URLs only through :func:`redact_url`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import http.client
+import http.cookiejar
 import ipaddress
 import logging
 import math
@@ -39,40 +46,40 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
-import websocket
-from websocket._http import _tunnel
-
+from wsync._connection import Transport
 from wsync._errors import ConnectError, TLSError, UpgradeRejected
-from wsync._framing import (
-    MalformedFrame,
-    Transport,
-    TransportClosed,
-    _BufferedSocket,
-    _PeerClosed,
+from wsync._http11 import (
+    BadResponse,
+    CookieResponse,
+    HeadReader,
+    PeerClosed,
+    Refused,
+    check_upgrade,
+    read_head,
+    send_head,
 )
-from wsync._framing import _encode_frame as _encode_frame  # re-exported: benchmarks patch it
-from wsync._framing import _utf8 as _utf8  # re-exported: benchmarks use it
 
 __all__ = [
     "Connector",
-    "MalformedFrame",
-    "TLSError",
-    "Transport",
-    "TransportClosed",
-    "UpgradeRejected",
+    "HeadersOption",
+    "ProxyTarget",
+    "check_headers",
+    "check_max_frame_size",
+    "check_ssl_context",
     "is_loopback_host",
+    "parse_proxy",
     "redact_url",
     "validate_url",
 ]
 
 logger = logging.getLogger(__name__)
 
-_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
-#: Headers websocket-client writes itself for the upgrade; a second copy would break it.
+#: Headers the upgrade writes itself; a second copy would break it.
 _RESERVED_HEADERS: Final = frozenset(
     {
         "connection",
@@ -81,15 +88,29 @@ _RESERVED_HEADERS: Final = frozenset(
         "sec-websocket-version",
         "sec-websocket-accept",
         "sec-websocket-extensions",
+        "sec-websocket-protocol",
         "content-length",
         "transfer-encoding",
     }
 )
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 #: (family, type, proto, sockaddr) of one getaddrinfo() answer.
 _Address = tuple[int, int, int, Any]
 _TOKEN_CHARS: Final = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
+
+#: The upgrade's extra headers: validated (name, value) pairs, or a callable returning a mapping
+#: before every attempt.
+HeadersOption = tuple[tuple[str, str], ...] | Callable[[], Mapping[str, str]]
+
+
+class ProxyTarget(NamedTuple):
+    """An HTTP CONNECT proxy, from :func:`parse_proxy`."""
+
+    host: str
+    port: int
+    auth: tuple[str, str] | None  # (user, password) for Basic Proxy-Authorization
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,63 +132,71 @@ def _find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseExcepti
     return None
 
 
+#: The words for each phase in messages.
+_PHASE_WORDS: Final = {
+    "resolve": "dns lookup",
+    "tcp": "tcp connect",
+    "proxy": "proxy tunnel",
+    "tls": "tls handshake",
+    "upgrade": "http upgrade",
+}
+
+
 def _map_error(
-    exc: BaseException,
-    *,
-    url: str,
-    phase: str,
-    timeout: float,
-    cancelled: bool,
-    status: int | None,
+    exc: BaseException, *, url: str, phase: str, timeout: float, cancelled: bool
 ) -> ConnectError:
-    """Translate any websocket-client, ``ssl`` or ``OSError`` exception of ``open()``: one boundary.
+    """Translate whatever ``open()`` raised into a ConnectError: the one boundary.
 
     The result is a :class:`ConnectError` (or :class:`TLSError`, :class:`UpgradeRejected`) whose
-    message says what failed and the redacted URL. The caller chains ``exc`` as ``__cause__``.
-    Messages never carry content, header values or credentials. (Once the upgrade is done,
-    websocket-client is out of the way: ``wsync._framing`` maps what the open connection raises.)
+    message says what failed and the redacted URL, and whose ``phase`` says where. The caller
+    chains ``exc`` as ``__cause__``. Messages never carry content, header values, credentials or
+    any text the network sent: only status codes and wsync's own words.
     """
     where = redact_url(url)
+    words = _PHASE_WORDS[phase]
     if cancelled or isinstance(exc, _Cancelled):
-        return ConnectError(f"connect cancelled during {phase}: {where}")
+        return ConnectError(f"connect cancelled during {words}: {where}", phase="cancelled")
     verify = _find_in_chain(exc, ssl.SSLCertVerificationError)
     if isinstance(verify, ssl.SSLCertVerificationError):
         detail = verify.verify_message or verify.reason or "verification failed"
         return TLSError(f"tls certificate verification failed ({detail}): {where}")
-    if isinstance(exc, websocket.WebSocketBadStatusException):
-        code = exc.status_code
+    if isinstance(exc, Refused):
+        code = exc.status
+        if phase == "proxy":
+            return ConnectError(f"proxy refused the tunnel with HTTP {code}: {where}", phase=phase)
+        if code in _REDIRECT_STATUSES:
+            return UpgradeRejected(
+                f"upgrade answered with redirect HTTP {code} (not followed): {where}", code
+            )
         if code in (401, 403):
             return UpgradeRejected(f"upgrade rejected by server with HTTP {code}: {where}", code)
         return UpgradeRejected(f"upgrade failed with HTTP {code}: {where}", code)
-    if status in _REDIRECT_STATUSES:
-        assert status is not None
-        return UpgradeRejected(
-            f"upgrade answered with redirect HTTP {status} (not followed): {where}", status
+    if isinstance(exc, BadResponse):
+        return ConnectError(f"{words} failed ({exc}): {where}", phase=phase)
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return ConnectError(
+            f"connect timed out after {timeout:g} s during {words}: {where}", phase=phase
         )
-    if isinstance(exc, (TimeoutError, socket.timeout, websocket.WebSocketTimeoutException)):
-        return ConnectError(f"connect timed out after {timeout:g} s during {phase}: {where}")
-    if isinstance(exc, websocket.WebSocketProxyException):
-        # Its messages are ours or a status line ("failed CONNECT via proxy status: 407").
-        return ConnectError(f"proxy tunnel failed ({exc}): {where}")
     if isinstance(exc, socket.gaierror):
-        return ConnectError(f"dns lookup failed ({exc.strerror or 'unknown error'}): {where}")
+        return ConnectError(
+            f"dns lookup failed ({exc.strerror or 'unknown error'}): {where}", phase=phase
+        )
     if isinstance(exc, ssl.SSLError):
-        return ConnectError(f"tls handshake failed ({exc.reason or type(exc).__name__}): {where}")
+        return ConnectError(
+            f"tls handshake failed ({exc.reason or type(exc).__name__}): {where}", phase=phase
+        )
     if isinstance(exc, ConnectionRefusedError):
-        return ConnectError(f"connection refused: {where}")
-    if isinstance(exc, (_PeerClosed, websocket.WebSocketConnectionClosedException)):
-        return ConnectError(f"connection closed by server during {phase}: {where}")
+        return ConnectError(f"connection refused: {where}", phase=phase)
+    if isinstance(exc, PeerClosed):
+        return ConnectError(f"connection closed by server during {words}: {where}", phase=phase)
     if isinstance(exc, OSError):
         reason = exc.strerror or type(exc).__name__
-        return ConnectError(f"{phase} failed ({reason}): {where}")
-    if isinstance(exc, websocket.WebSocketException):
-        # Its message may quote the server's response; name the type only.
-        return ConnectError(f"{phase} failed (invalid response: {type(exc).__name__}): {where}")
-    return ConnectError(f"{phase} failed ({type(exc).__name__}): {where}")
+        return ConnectError(f"{words} failed ({reason}): {where}", phase=phase)
+    return ConnectError(f"{words} failed ({type(exc).__name__}): {where}", phase=phase)
 
 
 # --------------------------------------------------------------------------------------------------
-# URLs
+# URLs and options: every option is checked here, once
 
 
 def validate_url(url: object) -> str:
@@ -232,21 +261,22 @@ def is_loopback_host(url: str) -> bool:
         return False
 
 
-def _split_target(url: str) -> tuple[str, int, bool]:
-    parts = urlsplit(url)
-    secure = parts.scheme.lower() == "wss"
-    host = parts.hostname
-    assert host is not None  # validate_url checked it
-    return host, parts.port or (443 if secure else 80), secure
+def parse_proxy(proxy: object) -> ProxyTarget | None:
+    """Check the ``proxy`` option: None, or ``"http://[user:pass@]host[:port]"``.
 
+    Returns:
+        None, or the proxy's host, port (default 80) and Basic credentials.
 
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _parse_proxy(proxy: object) -> tuple[str, int, tuple[str, str] | None]:
+    Raises:
+        TypeError: not a ``str`` or None.
+        ValueError: another scheme than http, no host, a bad port.
+    """
+    if proxy is None:
+        return None
     if not isinstance(proxy, str):
         raise TypeError(f"proxy must be a str or None, got {type(proxy).__name__}")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in proxy):
+        raise ValueError("proxy must not contain whitespace or control characters")
     try:
         parts = urlsplit(proxy)
         port = parts.port
@@ -259,34 +289,87 @@ def _parse_proxy(proxy: object) -> tuple[str, int, tuple[str, str] | None]:
     auth = None
     if parts.username is not None:
         auth = (unquote(parts.username), unquote(parts.password or ""))
-    return parts.hostname, port or 80, auth
+    return ProxyTarget(parts.hostname, port or 80, auth)
 
 
-def _header_lines(headers: Mapping[str, str] | None) -> tuple[list[str], dict[str, str]]:
-    """Check user headers; return the upgrade's header lines and websocket-client options."""
-    lines: list[str] = []
-    options: dict[str, str] = {}
+def check_headers(headers: object) -> HeadersOption:
+    """Check the ``headers`` option: None, a mapping of str to str, or a callable returning one.
+
+    A mapping is checked now; a callable's mapping is checked the same way before each attempt.
+    ``Host`` and ``Origin`` replace the upgrade's own; the WebSocket handshake headers are
+    refused. Values are never echoed in errors (they may be credentials).
+
+    Returns:
+        The validated (name, value) pairs, or the callable itself.
+
+    Raises:
+        TypeError: not a mapping or callable, or a name or value that is not a ``str``.
+        ValueError: an invalid header name, a value with CR, LF or NUL, or a reserved header.
+    """
     if headers is None:
-        return lines, options
+        return ()
+    if callable(headers) and not isinstance(headers, Mapping):
+        return headers  # checked by _headers_for() before each attempt
     if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a mapping or None, got {type(headers).__name__}")
+        raise TypeError(
+            f"headers must be a mapping, a callable or None, got {type(headers).__name__}"
+        )
+    pairs: list[tuple[str, str]] = []
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError("header names and values must be str")
         if not name or not set(name) <= _TOKEN_CHARS:
-            raise ValueError(f"invalid header name {name!r}")
+            raise ValueError(f"invalid header name {name[:40]!r}")
         if any(ch in value for ch in "\r\n\0"):
-            # The value is never echoed: it may be a credential.
             raise ValueError(f"header {name!r} has a value with CR, LF or NUL")
-        lowered = name.lower()
-        if lowered in _RESERVED_HEADERS:
-            raise ValueError(f"header {name!r} is set by the transport")
-        if lowered in ("host", "origin"):
-            # websocket-client writes these itself: its options replace them, no second copy.
-            options[lowered] = value
-        else:
-            lines.append(f"{name}: {value}")
-    return lines, options
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"header {name!r} is set by the upgrade itself")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def check_ssl_context(ssl_context: object, url: str) -> ssl.SSLContext | None:
+    """Check the ``ssl_context`` option against the (validated) URL.
+
+    Raises:
+        TypeError: not an ``ssl.SSLContext`` or None.
+        ValueError: a context for a ``ws://`` URL (it would be silently unused).
+    """
+    if ssl_context is None:
+        return None
+    if not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(
+            f"ssl_context must be an ssl.SSLContext or None, got {type(ssl_context).__name__}"
+        )
+    if not url.lower().startswith("wss://"):
+        raise ValueError("ssl_context is given but the URL is not wss://")
+    return ssl_context
+
+
+def check_max_frame_size(max_frame_size: object) -> int:
+    """Check the ``max_frame_size`` option: an int >= 1 (bytes).
+
+    Raises:
+        TypeError: not an int (``bool`` included).
+        ValueError: < 1.
+    """
+    if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
+        raise TypeError(f"max_frame_size must be an int, got {type(max_frame_size).__name__}")
+    if max_frame_size < 1:
+        raise ValueError(f"max_frame_size must be >= 1, got {max_frame_size}")
+    return max_frame_size
+
+
+def _split_target(url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url)
+    secure = parts.scheme.lower() == "wss"
+    host = parts.hostname
+    assert host is not None  # validate_url checked it
+    return host, parts.port or (443 if secure else 80), secure
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +391,7 @@ class Connector:
     """Opens :class:`Transport` connections to one URL with fixed options.
 
     Building one validates everything (``TypeError``/``ValueError`` in the caller's thread) and
-    does no I/O. One Connector serves every attempt of a client.
+    does no I/O. One Connector serves every attempt of a client, and keeps that client's cookies.
 
     Cancellation is per attempt and never lost: :meth:`cancel` fails the ``open()`` in flight; when
     none is in flight, it fails the next ``open()`` at once instead (a cancel that races with the
@@ -316,16 +399,16 @@ class Connector:
     after it run normally. :meth:`reset` drops a pending cancel that is no longer wanted.
 
     Args:
-        url: ``ws://`` or ``wss://`` URL (see :func:`validate_url`).
-        ssl_context: for ``wss://``; ``None`` means ``ssl.create_default_context()`` (verifies
-            the certificate and host name). Ignored for ``ws://``.
-        headers: extra HTTP headers for the upgrade request; values are never logged. ``Host``
-            and ``Origin`` replace websocket-client's own; the WebSocket handshake headers are
-            refused.
+        url: ``ws://`` or ``wss://`` URL (see :func:`validate_url`); its userinfo is not sent.
+        ssl_context: for ``wss://`` only; ``None`` means ``ssl.create_default_context()``
+            (verifies the certificate and host name).
+        headers: extra HTTP headers for the upgrade request (see :func:`check_headers`): a
+            mapping, or a callable returning one, called before every attempt (fresh tokens);
+            values are never logged.
         proxy: ``"http://[user:pass@]host:port"``: an HTTP CONNECT proxy (credentials sent as
             Basic ``Proxy-Authorization``); environment proxy variables are not consulted.
         max_frame_size: largest incoming message (bytes, after reassembly) that ``recv()``
-            returns; larger ones raise :class:`MalformedFrame`.
+            returns; larger ones raise ``MalformedFrame``.
     """
 
     def __init__(
@@ -333,24 +416,21 @@ class Connector:
         url: str,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
         proxy: str | None = None,
         max_frame_size: int = 1 << 20,
     ) -> None:
         self._url = validate_url(url)
         self._host, self._port, self._secure = _split_target(self._url)
-        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError(
-                f"ssl_context must be an ssl.SSLContext or None, got {type(ssl_context).__name__}"
-            )
-        self._ssl_context = ssl_context
-        self._header_lines, self._header_options = _header_lines(headers)
-        self._proxy = None if proxy is None else _parse_proxy(proxy)
-        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
-            raise TypeError(f"max_frame_size must be an int, got {type(max_frame_size).__name__}")
-        if max_frame_size <= 0:
-            raise ValueError(f"max_frame_size must be > 0, got {max_frame_size}")
-        self._max_frame_size = max_frame_size
+        self._ssl_context = check_ssl_context(ssl_context, self._url)
+        self._headers = check_headers(headers)
+        self._proxy = parse_proxy(proxy)
+        self._max_frame_size = check_max_frame_size(max_frame_size)
+        parts = urlsplit(self._url)
+        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The cookie jar's view of this URL: http(s) with the same host, port and path.
+        self._cookie_url = ("https" if self._secure else "http") + self._url[len(parts.scheme) :]
+        self._cookies = http.cookiejar.CookieJar()  # this client's only; thread-safe
         # Guards _attempts, _cancel_pending and each attempt's sockets and flag; held only to
         # read or update them, never around I/O.
         self._lock = threading.Lock()
@@ -370,7 +450,7 @@ class Connector:
 
         Thread-safe, never blocks: shuts down the socket being connected (TCP connect, proxy
         tunnel, TLS handshake or HTTP upgrade) and wakes a DNS lookup, so ``open()`` raises
-        :class:`ConnectError` ("connect cancelled ...") right away.
+        :class:`ConnectError` ("connect cancelled ...", phase ``"cancelled"``) right away.
         """
         with self._lock:
             if not self._attempts:
@@ -423,8 +503,9 @@ class Connector:
     def open(self, timeout: float) -> Transport:
         """Open a connection: DNS, TCP, proxy tunnel, TLS and HTTP upgrade, within ``timeout``.
 
-        Blocks for at most about ``timeout`` seconds overall (never hangs); :meth:`cancel` from
-        another thread interrupts it. Thread-safe, but one attempt at a time is the intended use.
+        Blocks for at most about ``timeout`` seconds overall (never hangs), plus whatever a
+        ``headers`` callable takes; :meth:`cancel` from another thread interrupts it.
+        Thread-safe, but one attempt at a time is the intended use.
 
         Args:
             timeout: seconds for the whole attempt, > 0.
@@ -436,49 +517,39 @@ class Connector:
             TLSError: certificate or host-name verification failed (``ssl.SSLCertVerificationError``
                 is in the cause chain); not worth retrying.
             UpgradeRejected: the server answered the upgrade with a non-101 status (retryable).
-            ConnectError: anything else (refused, timed out, cancelled, proxy, TLS, bad response);
-                the message says what failed and the redacted URL, the cause is chained.
+            ConnectError: anything else (refused, timed out, cancelled, proxy, TLS, an invalid
+                101, a failing ``headers`` callable); the message says what failed and the
+                redacted URL, ``phase`` says where, the cause is chained.
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number, got {type(timeout).__name__}")
         if not timeout > 0 or math.isinf(timeout):
             raise ValueError(f"timeout must be > 0 and finite, got {timeout}")
         started = time.monotonic()
-        deadline = started + timeout
         where = redact_url(self._url)
+        header_pairs = self._headers_for(where)
+        deadline = started + timeout
         logger.debug("opening %s%s", where, " via proxy" if self._proxy else "")
         attempt = self._begin()
-        phase = "dns lookup"
-        websock = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
+        phase = "resolve"
         try:
             self._check(attempt)
             if self._proxy is not None:
-                tcp_host, tcp_port, _ = self._proxy
+                tcp_host, tcp_port = self._proxy.host, self._proxy.port
             else:
                 tcp_host, tcp_port = self._host, self._port
             addresses = self._resolve(attempt, tcp_host, tcp_port, deadline)
-            phase = "tcp connect"
-            sock = self._connect_tcp(attempt, addresses, deadline)
+            phase = "tcp"
+            sock: socket.socket = self._connect_tcp(attempt, addresses, deadline)
             if self._proxy is not None:
-                phase = "proxy tunnel"
-                tunnel = _BufferedSocket(sock, deadline)
-                # websocket-client's tunnel helper only calls send()/recv() on its socket.
-                _tunnel(tunnel, _bracket(self._host), self._port, self._proxy[2])  # type: ignore[arg-type]
-                if tunnel.buffered():
-                    raise websocket.WebSocketProxyException("proxy sent data before the upgrade")
+                phase = "proxy"
+                self._tunnel(sock, self._proxy, deadline)
             if self._secure:
-                phase = "tls handshake"
+                phase = "tls"
                 sock = self._start_tls(attempt, sock, deadline)
-            phase = "http upgrade"
-            buffered = _BufferedSocket(sock, deadline)
-            websock.connect(  # type: ignore[no-untyped-call]  # websocket-client leaves it untyped
-                self._url,
-                socket=buffered,
-                header=self._header_lines,
-                redirect_limit=0,  # a redirect would reopen by itself, carrying our headers
-                **self._header_options,
-            )
-            buffered.end_deadline()
+            phase = "upgrade"
+            leftover = self._upgrade(sock, header_pairs, deadline)
+            sock.settimeout(None)
             self._finish(attempt)
         except BaseException as exc:
             with self._lock:
@@ -488,19 +559,95 @@ class Connector:
                 _close_quietly(each)
             if not isinstance(exc, Exception):
                 raise
-            response = websock.handshake_response
             mapped = _map_error(
-                exc,
-                url=self._url,
-                phase=phase,
-                timeout=timeout,
-                cancelled=cancelled,
-                status=None if response is None else response.status,
+                exc, url=self._url, phase=phase, timeout=timeout, cancelled=cancelled
             )
             logger.debug("open failed after %.1f ms: %s", _ms_since(started), mapped)
             raise mapped from exc
         logger.debug("opened %s in %.1f ms", where, _ms_since(started))
-        return Transport(buffered, max_frame_size=self._max_frame_size, where=where)
+        return Transport(
+            sock, max_frame_size=self._max_frame_size, where=where, initial=leftover
+        )
+
+    def _headers_for(self, where: str) -> tuple[tuple[str, str], ...]:
+        """This attempt's extra headers: the static ones, or the callable's, checked."""
+        option = self._headers
+        if isinstance(option, tuple):
+            return option
+        try:
+            fresh = option()
+            checked = check_headers(fresh)
+            if not isinstance(checked, tuple):
+                raise TypeError("the headers callable must return a mapping")
+        except Exception as exc:
+            # Its message may hold a token: the type only, the cause chained for debugging.
+            logger.debug("headers callable failed: %s", type(exc).__name__)
+            raise ConnectError(
+                f"headers callable failed ({type(exc).__name__}): {where}", phase="upgrade"
+            ) from exc
+        return checked
+
+    def _tunnel(self, sock: socket.socket, proxy: ProxyTarget, deadline: float) -> None:
+        """Ask the proxy for a tunnel to the target (HTTP CONNECT, RFC 9110 section 9.3.6)."""
+        target = f"{_bracket(self._host)}:{self._port}"
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if proxy.auth is not None:
+            token = base64.b64encode(":".join(proxy.auth).encode()).decode()
+            lines.append(f"Proxy-Authorization: Basic {token}")
+        send_head(sock, lines, deadline)
+        reader = HeadReader(sock, deadline)
+        _version, status, _headers = read_head(reader)
+        if not 200 <= status < 300:
+            raise Refused(status)
+        if reader.leftover():
+            raise BadResponse("proxy sent data before the upgrade")
+
+    def _upgrade(
+        self, sock: socket.socket, extra: tuple[tuple[str, str], ...], deadline: float
+    ) -> bytes:
+        """Send the upgrade request, check the 101; return the bytes read past its head."""
+        hostport = _bracket(self._host)
+        if self._port != (443 if self._secure else 80):
+            hostport += f":{self._port}"
+        given = {name.lower(): value for name, value in extra}
+        key = base64.b64encode(os.urandom(16)).decode()
+        origin = given.pop("origin", f"{'https' if self._secure else 'http'}://{hostport}")
+        lines = [
+            f"GET {self._resource} HTTP/1.1",
+            f"Host: {given.pop('host', hostport)}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            f"Origin: {origin}",
+        ]
+        cookies = [value for name, value in extra if name.lower() == "cookie"]
+        jar = self._jar_cookie()
+        if jar:
+            cookies.append(jar)
+        lines += [
+            f"{name}: {value}" for name, value in extra
+            if name.lower() not in ("host", "origin", "cookie")
+        ]
+        if cookies:
+            lines.append(f"Cookie: {'; '.join(cookies)}")
+        send_head(sock, lines, deadline)
+        reader = HeadReader(sock, deadline)
+        version, status, headers = read_head(reader)
+        self._cookies.extract_cookies(
+            CookieResponse(headers),  # type: ignore[arg-type]  # info() is all it reads
+            urllib.request.Request(self._cookie_url),
+        )
+        if status != 101:
+            raise Refused(status)
+        check_upgrade(version, headers, key)
+        return reader.leftover()
+
+    def _jar_cookie(self) -> str:
+        """The Cookie header value the jar holds for this URL ("" when none)."""
+        request = urllib.request.Request(self._cookie_url)
+        self._cookies.add_cookie_header(request)
+        return request.get_header("Cookie") or ""
 
     def _resolve(self, attempt: _Attempt, host: str, port: int, deadline: float) -> list[_Address]:
         """getaddrinfo bounded by the deadline and by cancel(); IP literals skip the thread."""
@@ -615,3 +762,5 @@ def _close_quietly(sock: socket.socket) -> None:
 
 def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
+
+
