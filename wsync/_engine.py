@@ -31,6 +31,7 @@ import attrs
 
 from wsync import _exit, protocol
 from wsync._backoff import Backoff
+from wsync._connection import Transport, TransportClosed
 from wsync._dispatch import Callbacks, Dispatcher, call_each, changed
 from wsync._errors import (
     ClientClosed,
@@ -43,6 +44,7 @@ from wsync._errors import (
     WsyncError,
 )
 from wsync._futures import DoneCallback, MessageFuture, run_callbacks
+from wsync._handshake import Connector, redact_url
 from wsync._ledger import Entry
 from wsync._machine import (
     Abort,
@@ -61,8 +63,6 @@ from wsync._machine import (
 )
 from wsync._outbox import MemoryOutbox, Outbox
 from wsync._timers import Clock, Deadline
-from wsync._connection import Transport, TransportClosed
-from wsync._handshake import Connector, redact_url
 from wsync._values import (
     ConnectionState,
     ResponseCallback,

@@ -40,11 +40,11 @@ from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 from wsync import protocol
+from wsync._connection import MalformedFrame, Transport, TransportClosed
 from wsync._errors import ConnectError, ProtocolError
 from wsync._ledger import Entry
 from wsync._machine import Control, Machine
 from wsync._timers import Clock
-from wsync._connection import MalformedFrame, Transport, TransportClosed
 
 __all__ = ["Host", "MalformedLog", "Reader", "Timer", "Writer"]
 
