@@ -17,10 +17,15 @@ SUBPROCESS_TIMEOUT: Final = 30.0
 
 
 def env() -> dict[str, str]:
-    """The environment of a subprocess: wsync importable from this checkout, no colour."""
+    """The environment of a subprocess: wsync importable from this checkout, as a user runs it.
+
+    No ``NO_COLOR``, and no ``PYTHONUNBUFFERED``: output into a pipe is block-buffered
+    unless the command flushes it.
+    """
     path = os.environ.get("PYTHONPATH")
     result = {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
     result.pop("NO_COLOR", None)
+    result.pop("PYTHONUNBUFFERED", None)
     return result
 
 
