@@ -1,10 +1,12 @@
 """A live status widget for Jupyter: a client's state and counters, updated as they change.
 
-Optional: needs ``ipywidgets`` (the ``wsync[notebook]`` extra), imported only when a widget
-is made. The widget is an ``ipywidgets.HTML`` showing ``Client._repr_html_()``. It polls
-nothing: the client calls it on its ``wsync-callbacks`` thread at every state change and on
-responses (at most ten redraws a second while messages flow, and always once nothing is
-left pending, so the counters it ends on are the final ones).
+Optional: needs ``ipywidgets`` (the ``wsync-client[notebook]`` extra), imported only when a
+widget is made; without it, ``status_widget`` raises an ``ImportError`` naming the extra, and
+``display(client)`` (``Client._repr_html_()``) shows the same view, drawn once. The widget is
+an ``ipywidgets.HTML`` showing ``Client._repr_html_()``. It polls nothing: the client calls it
+on its ``wsync-callbacks`` thread at every state change and on responses (at most ten redraws
+a second while messages flow, and always once nothing is left pending, so the counters it
+ends on are the final ones).
 
 It holds the client weakly: a widget left in a cell's output does not keep a forgotten
 client, or its threads, alive.
@@ -73,13 +75,13 @@ def status_widget(client: Client) -> Any:
         The widget (an ``ipywidgets.HTML``; put it in a ``VBox`` like any other).
 
     Raises:
-        ImportError: ipywidgets is not installed (``pip install 'wsync[notebook]'``).
+        ImportError: ipywidgets is not installed (``pip install 'wsync-client[notebook]'``).
     """
     try:
         import ipywidgets
     except ImportError as exc:
         raise ImportError(
-            "the status widget needs ipywidgets: pip install 'wsync[notebook]'"
+            "the status widget needs ipywidgets: pip install 'wsync-client[notebook]'"
         ) from exc
     view = _StatusView(client, ipywidgets.HTML(value=client._repr_html_()))
     client.add_listener(on_state_change=view.on_state_change, on_response=view.on_response)
