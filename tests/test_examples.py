@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -98,8 +99,32 @@ def test_notebook_runs_in_a_real_kernel(kernel_env: dict[str, str]) -> None:
     client.execute(env=env)
     outputs = _outputs(nb)
     assert "hello from a notebook" in outputs
-    assert "application/vnd.jupyter.widget-view+json" in outputs  # the status widget
+    if importlib.util.find_spec("ipywidgets") is not None:
+        assert "application/vnd.jupyter.widget-view+json" in outputs  # the status widget
     assert "wsync.Client" in outputs  # the client's HTML view
+    assert '"output_type": "error"' not in outputs
+
+
+def test_notebook_runs_without_ipywidgets(kernel_env: dict[str, str], tmp_path: Path) -> None:
+    """Without ipywidgets the notebook shows the HTML view, says how to get the live widget,
+    and raises no error."""
+    blocker = tmp_path / "blocked"
+    (blocker / "ipywidgets").mkdir(parents=True)
+    (blocker / "ipywidgets" / "__init__.py").write_text(
+        'raise ImportError("ipywidgets is blocked for this test")\n'
+    )
+    nb = nbformat.read(EXAMPLES / "notebook.ipynb", as_version=4)
+    env = {k: v for k, v in kernel_env.items() if k != "WSYNC_URL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker), env.get("PYTHONPATH")]))
+    client = NotebookClient(
+        nb, timeout=KERNEL_TIMEOUT, kernel_name="python3",
+        resources={"metadata": {"path": str(EXAMPLES)}},
+    )
+    client.execute(env=env)
+    outputs = _outputs(nb)
+    assert "wsync.Client" in outputs
+    assert "wsync-client[notebook]" in outputs
+    assert "application/vnd.jupyter.widget-view+json" not in outputs
     assert '"output_type": "error"' not in outputs
 
 
@@ -216,7 +241,7 @@ class TestStatusWidget:
         monkeypatch.setitem(sys.modules, "ipywidgets", None)
         client = wsync.Client(server.url)
         try:
-            with pytest.raises(ImportError, match=r"wsync\[notebook\]"):
+            with pytest.raises(ImportError, match=r"wsync-client\[notebook\]"):
                 status_widget(client)
         finally:
             client.close()

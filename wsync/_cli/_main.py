@@ -76,7 +76,9 @@ def _client_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-_LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+# "none" (the default): the command reports every outcome itself, in one line; wsync's own
+# records (a WARNING per failed attempt, the ERROR when it gives up) would say it twice.
+_LOG_LEVELS: Final = ("none", "debug", "info", "warning", "error")
 
 _DESCRIPTION: Final = """\
 wsync: a synchronous, threaded WebSocket client that does not lose messages.
@@ -104,14 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wsync {wsync.__version__}")
     parser.add_argument(
-        "--log-level", choices=_LOG_LEVELS, default="warning",
-        help="how much of wsync's own logging to show on stderr (default: warning)",
+        "--log-level", choices=_LOG_LEVELS, default="none",
+        help="how much of wsync's own logging to show on stderr, e.g. warning for every "
+        "failed attempt (default: none: the command reports outcomes itself)",
     )
     # Also accepted after the command; SUPPRESS keeps a value given before it.
     logging_flags = argparse.ArgumentParser(add_help=False)
     logging_flags.add_argument(
         "--log-level", choices=_LOG_LEVELS, default=argparse.SUPPRESS,
-        help="how much of wsync's own logging to show on stderr (default: warning)",
+        help="how much of wsync's own logging to show on stderr (default: none)",
     )
     client_flags = argparse.ArgumentParser(add_help=False)
     client_flags.add_argument(
@@ -204,8 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _logging_to_stderr(level: str) -> Iterator[None]:
-    """Show wsync's log records on stderr for the length of a command, then stop."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Show wsync's log records on stderr for the length of a command, then stop.
+
+    With ``none``, nothing: not even Python's last-resort handler prints them.
+    """
+    handler: logging.Handler = (
+        logging.NullHandler() if level == "none" else logging.StreamHandler(sys.stderr)
+    )
     detailed = level in ("debug", "info")
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s" if detailed
@@ -214,7 +222,7 @@ def _logging_to_stderr(level: str) -> Iterator[None]:
     package_logger = logging.getLogger(wsync.__name__)  # every wsync module's logger is below
     previous = package_logger.level
     package_logger.addHandler(handler)
-    package_logger.setLevel(level.upper())
+    package_logger.setLevel(logging.CRITICAL + 1 if level == "none" else level.upper())
     try:
         yield
     finally:
