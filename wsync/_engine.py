@@ -841,6 +841,12 @@ class Engine:
             transport.abort()
         self._connector.cancel()
         stragglers: list[str] = []
+        resolver = self._connector.resolver
+        if resolver is not None:
+            # A DNS lookup cannot be interrupted: one that hangs is waited for, then named.
+            resolver.join(deadline.remaining())
+            if resolver.is_alive():
+                stragglers.append(resolver.name)
         threads = [writer, timer] if self._started else []
         for thread in (*threads, *readers):
             if thread is me:

@@ -47,6 +47,7 @@ import ssl
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -379,12 +380,34 @@ def _bracket(host: str) -> str:
 class _Attempt:
     """One ``open()`` in flight: its sockets (for cancel() to shut down) and its cancelled flag."""
 
-    __slots__ = ("cancelled", "sockets", "wake")
+    __slots__ = ("__weakref__", "cancelled", "sockets", "wake")
 
     def __init__(self) -> None:
         self.cancelled = False
         self.sockets: list[socket.socket] = []
         self.wake = threading.Event()  # set by cancel() and by the DNS lookup when it is done
+
+
+class _Lookup:
+    """One ``getaddrinfo`` on its own short-lived thread, shared by the attempts that wait."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.key = (host, port)
+        self.result: object = None
+        self.done = threading.Event()
+        self.waiters: weakref.WeakSet[_Attempt] = weakref.WeakSet()
+        self.thread = threading.Thread(target=self._run, name="wsync-resolve", daemon=True)
+
+    def _run(self) -> None:
+        host, port = self.key
+        try:
+            self.result = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except Exception as exc:  # handed to open(), which maps it
+            self.result = exc
+        finally:
+            self.done.set()
+            for attempt in list(self.waiters):
+                attempt.wake.set()
 
 
 class Connector:
@@ -435,6 +458,7 @@ class Connector:
         # read or update them, never around I/O.
         self._lock = threading.Lock()
         self._attempts: set[_Attempt] = set()
+        self._lookup: _Lookup | None = None  # the DNS lookup of the last attempt, if running
         self._cancel_pending = False
 
     def __repr__(self) -> str:
@@ -659,29 +683,41 @@ class Connector:
             return _stream_addresses(
                 socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
             )
-        result: list[object] = []
-
-        def lookup() -> None:
-            try:
-                result.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-            except Exception as exc:  # handed to open(), which maps it
-                result.append(exc)
-            finally:
-                attempt.wake.set()
-
-        thread = threading.Thread(target=lookup, name="wsync-resolve", daemon=True)
-        thread.start()
+        lookup = self._lookup_for(host, port, attempt)
         attempt.wake.wait(max(0.0, deadline - time.monotonic()))
         self._check(attempt)
-        if not result:
+        if not lookup.done.is_set():
             raise TimeoutError("dns lookup timed out")
+        with self._lock:
+            if self._lookup is lookup:
+                self._lookup = None  # used up: the next attempt looks up afresh
         # It has set the event: let it exit, so no thread of ours outlives open().
-        thread.join(max(0.0, deadline - time.monotonic()))
-        outcome = result[0]
+        lookup.thread.join(max(0.0, deadline - time.monotonic()))
+        outcome = lookup.result
         if isinstance(outcome, Exception):
             raise outcome
         assert isinstance(outcome, list)
         return _stream_addresses(outcome)
+
+    def _lookup_for(self, host: str, port: int, attempt: _Attempt) -> _Lookup:
+        """The lookup this attempt waits for: the one still running from an earlier attempt
+        (a resolver that hangs), or a new one. So however many attempts time out on a hung
+        resolver, one ``wsync-resolve`` thread at most is alive per connector."""
+        with self._lock:
+            lookup = self._lookup
+            if lookup is None or lookup.key != (host, port):
+                lookup = self._lookup = _Lookup(host, port)
+                lookup.thread.start()
+            lookup.waiters.add(attempt)
+            if lookup.done.is_set():
+                attempt.wake.set()
+        return lookup
+
+    @property
+    def resolver(self) -> threading.Thread | None:
+        """The DNS lookup thread still running, if any (``Client.close()`` joins it)."""
+        lookup = self._lookup
+        return lookup.thread if lookup is not None and lookup.thread.is_alive() else None
 
     def _connect_tcp(
         self, attempt: _Attempt, addresses: list[_Address], deadline: float

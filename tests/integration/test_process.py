@@ -492,3 +492,48 @@ class TestExit:
         assert time.monotonic() - started < 20
         assert result.stdout.split() == ["waiting", "released"], result.stderr
         assert "1 messages left unanswered" in result.stderr
+
+
+class TestHangingResolver:
+    def test_one_resolver_thread_however_many_attempts(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A DNS lookup that hangs leaves one wsync-resolve thread, not one per attempt;
+        close() names it, and it ends as soon as the lookup returns."""
+        import socket
+
+        release = threading.Event()
+        real = socket.getaddrinfo
+
+        def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+            if host == "hangs.example":
+                release.wait(TIMEOUT * 4)
+            return real("127.0.0.1", *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", hanging)
+        client = Client(
+            "ws://hangs.example:9", connect_timeout=0.1,
+            backoff=Backoff(initial=0.01, max_delay=0.01, max_attempts=None),
+        )
+        attempts = threading.Event()
+        seen: list[int] = []
+
+        def count(state: wsync.ConnectionState) -> None:
+            seen.append(state.attempt)
+            if state.attempt >= 5:
+                attempts.set()
+
+        client.add_listener(on_state_change=count)
+        try:
+            client.connect(wait=False)
+            assert attempts.wait(TIMEOUT)
+            resolvers = [t for t in threading.enumerate() if t.name == "wsync-resolve"]
+            assert len(resolvers) == 1
+            with caplog.at_level(logging.WARNING, logger="wsync"):
+                client.close(timeout=0.3)
+            assert any("wsync-resolve" in r.getMessage() for r in caplog.records)
+        finally:
+            release.set()
+        for thread in resolvers:
+            thread.join(TIMEOUT)
+            assert not thread.is_alive()
