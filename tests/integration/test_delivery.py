@@ -409,3 +409,60 @@ class TestProvenConnections:
                 assert rec.wait_status(Status.CONFIRMED, confirmed + 1)
             attempts = [s.attempt for s in rec.states if s.status is Status.CONNECTING]
             assert attempts == [0, 1, 1, 1]
+
+
+class TestFreshCredentials:
+    def test_headers_callable_is_called_before_every_attempt(
+        self, server: ProtocolServer
+    ) -> None:
+        """A rotated token is picked up on the next attempt through a headers callable."""
+        token = {"value": "first"}
+        calls: list[str] = []
+
+        def headers() -> dict[str, str]:
+            calls.append(token["value"])
+            return {"Authorization": f"Bearer {token['value']}"}
+
+        server.require_token("first")
+        with Client(server.url, backoff=FAST, headers=headers) as client:
+            assert client.send_and_wait("a", timeout=TIMEOUT).content == "a"
+            server.require_token("second")  # rotated: the next upgrade needs the new one
+            token["value"] = "second"
+            server.drop_connections()
+            assert client.send_and_wait("b", timeout=TIMEOUT).content == "b"
+        assert calls[0] == "first" and calls[-1] == "second"
+        assert server.unauthorized_total == 0
+
+    def test_a_stale_token_fails_attempts_until_rotated(self, server: ProtocolServer) -> None:
+        """Attempts with a stale token are refused (401) and retried; a fresh one gets in."""
+        token = {"value": "stale"}
+        server.require_token("fresh")
+        client = Client(server.url, backoff=FAST, headers=lambda: {
+            "Authorization": f"Bearer {token['value']}"
+        })
+        try:
+            client.connect(wait=False)
+            assert server.wait_until(lambda: server.unauthorized_total >= 2, TIMEOUT)
+            token["value"] = "fresh"
+            assert client.send_and_wait("in", timeout=TIMEOUT).content == "in"
+        finally:
+            client.close()
+
+    def test_a_headers_callable_that_raises_fails_that_attempt_only(
+        self, server: ProtocolServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An exception from the headers callable fails the attempt, logged without values;
+        the next attempt calls it again."""
+        outcomes = iter([RuntimeError("vault is down: s3cr3t"), None])
+
+        def headers() -> dict[str, str]:
+            error = next(outcomes, None)
+            if error is not None:
+                raise error
+            return {}
+
+        with caplog.at_level(logging.WARNING, logger="wsync"):
+            with Client(server.url, backoff=FAST, headers=headers) as client:
+                assert client.send_and_wait("x", timeout=TIMEOUT).content == "x"
+        assert any("RuntimeError" in r.getMessage() for r in caplog.records)
+        assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
