@@ -461,8 +461,10 @@ class TestFreshCredentials:
                 raise error
             return {}
 
-        with caplog.at_level(logging.WARNING, logger="wsync"):
-            with Client(server.url, backoff=FAST, headers=headers) as client:
-                assert client.send_and_wait("x", timeout=TIMEOUT).content == "x"
+        with (
+            caplog.at_level(logging.WARNING, logger="wsync"),
+            Client(server.url, backoff=FAST, headers=headers) as client,
+        ):
+            assert client.send_and_wait("x", timeout=TIMEOUT).content == "x"
         assert any("RuntimeError" in r.getMessage() for r in caplog.records)
         assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
