@@ -2,7 +2,12 @@
 
 Connect, handshake, heartbeat, reconnect, queue and request/response over the wsync
 protocol, with no asyncio: ``wsync.Client`` runs its own threads and hands results
-back through futures and callbacks. See README.md and API.md.
+back through futures and callbacks.
+
+This module is the public face and nothing else: it re-exports the public names from the
+private modules that define them (``__all__`` is the contract) and holds ``__version__``.
+It must not hold code, nor add a log handler (not even a ``NullHandler``): an application
+that configured no logging still sees wsync's warnings through Python's last resort.
 """
 
 from __future__ import annotations

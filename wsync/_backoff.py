@@ -1,4 +1,8 @@
-"""The reconnection policy: an immutable, validated value with a pure ``delay()``."""
+"""The reconnection policy: an immutable, validated value with a pure ``delay()``.
+
+Its one job is the policy's arithmetic; it must not keep state, read a clock or draw its
+own randomness (the caller passes ``rand``), so the machine's tests can replay any run.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ The facade holds the engine; the engine's threads never hold the facade. So a cl
 that is forgotten (a notebook cell run again, a script that never calls ``close()``)
 is garbage-collected and its engine closed, and at interpreter exit every engine still
 open is closed with a short bound: wsync never keeps a process alive.
+
+Its one job is the public face: argument checks (each option checked once, here or by the
+connector that uses it) and docstrings. It must not hold state of the connection or the
+messages, nor start threads: everything after the checks is the engine's.
 """
 
 from __future__ import annotations

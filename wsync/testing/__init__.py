@@ -1,6 +1,6 @@
 """A wsync protocol server for tests and demos: ``ProtocolServer`` and what it records.
 
-Needs the ``wsync[server]`` extra (websockets 13.0 or later). Example::
+Needs the ``wsync-client[server]`` extra (websockets 13.0 or later). Example::
 
     from wsync.testing import ProtocolServer
 
