@@ -545,6 +545,10 @@ def reconnect(server: Server, reps: int, warm: int, initial: float) -> dict[str,
                 # Everything before this drop is settled (CONFIRMED was the last event).
                 seen.wait_for(lambda: events and events[-1][0] is Status.CONFIRMED, 10)
                 start = len(events)
+            # A response proves the connection: a loss then starts a fresh budget and the
+            # next attempt waits delay(1) = initial. (A connection that never proved itself
+            # counts as a failed attempt, and the delays would grow from drop to drop.)
+            client.send_and_wait("proof", timeout=10)
             dropped_at = server.drop()
             with seen:
                 ok = seen.wait_for(
