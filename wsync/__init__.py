@@ -2,7 +2,7 @@
 
 Connect, handshake, heartbeat, reconnect, queue and request/response over the wsync
 protocol, with no asyncio: ``wsync.Client`` runs its own threads and hands results
-back through futures and callbacks. See README.md and API.md.
+back through futures and callbacks. See README.md and the documentation in docs/.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ PONG = protocol.Pong(timestamp=TS)
 
 
 def make_machine(**overrides: object) -> Machine:
-    """A Machine with API.md's defaults (interval 30 s, timeout 60 s, connect_timeout 10 s)."""
+    """A Machine with the default options (interval 30 s, timeout 60 s, connect_timeout 10 s)."""
     options: dict[str, object] = {
         "client_id": CID,
         "heartbeat_interval": 30.0,

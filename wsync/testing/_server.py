@@ -1,4 +1,4 @@
-"""ProtocolServer: the server side of PROTOCOL.md on localhost, with fault controls.
+"""ProtocolServer: the server side of the wire protocol on localhost, with fault controls.
 
 This module's one job is running a wsync server for tests and demos on websockets' threaded
 server (``websockets.sync.server``): binding, threads, stopping, and the public face. What
