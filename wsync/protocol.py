@@ -1,8 +1,8 @@
 """The wsync wire format: frame classes, THE converter, ``encode``/``decode`` and timestamps.
 
-This module's one job is turning frames into JSON text and back (PROTOCOL.md). It is pure:
-no I/O, no threads, no logging, no clock other than ``now()``. Every other module uses it
-through these names and never imports cattrs itself.
+This module's one job is turning frames into JSON text and back (docs/protocol.rst specifies
+them). It is pure: no I/O, no threads, no logging, no clock other than ``now()``. Every other
+module uses it through these names and never imports cattrs itself.
 
 - Frames are frozen attrs classes with snake_case fields; camelCase exists only on the wire.
 - ``decode`` is the only way in: anything that is not a valid frame raises ``ProtocolError``,

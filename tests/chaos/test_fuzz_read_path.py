@@ -3,7 +3,7 @@
 Hypothesis builds lists of frames: text and binary, valid and broken JSON, huge and empty,
 frames of every type whose fields have the right or a wrong type (or are missing), responses
 for unknown ids, confirms at the wrong time, pings and pongs. Each frame carries its own
-verdict, worked out here from PROTOCOL.md and API.md ("Incoming frames") without asking
+verdict, worked out here from the protocol's specification (docs/protocol.rst) without asking
 wsync: malformed or not, and what a well-formed one must do. After each example the client
 must still be CONFIRMED on the same connection, answer an echo, and have counted exactly the
 malformed frames in ``stats().malformed``; no exception may escape a thread (the test

@@ -19,7 +19,7 @@ def _never_called() -> float:
 
 class TestDefaults:
     def test_default_fields(self) -> None:
-        """The defaults are API.md's: 1 s initial, factor 2, 16 s cap, 5 attempts, no jitter."""
+        """The documented defaults: 1 s initial, factor 2, 16 s cap, 5 attempts, no jitter."""
         b = Backoff()
         assert (b.initial, b.factor, b.max_delay, b.max_attempts, b.jitter) == (
             1.0,

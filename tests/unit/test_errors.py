@@ -1,4 +1,4 @@
-"""The WsyncError tree, exactly as API.md draws it, and ServerError as a value."""
+"""The WsyncError tree, exactly as the API reference draws it, and ServerError as a value."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from wsync._errors import (
     WsyncError,
 )
 
-# Each class with the wsync base it extends directly, as drawn in API.md.
+# Each class with the wsync base it extends directly, as drawn in docs/api.rst ("Errors").
 TREE: dict[type[BaseException], type[BaseException]] = {
     ConnectError: WsyncError,
     ConnectTimeout: ConnectError,
@@ -41,7 +41,7 @@ class TestHierarchy:
 
     @pytest.mark.parametrize(("cls", "parent"), TREE.items())
     def test_parent(self, cls: type[BaseException], parent: type[BaseException]) -> None:
-        """Each error extends the class API.md draws above it."""
+        """Each error extends the class the documented tree draws above it."""
         assert issubclass(cls, parent)
         wsync_bases = [b for b in cls.__bases__ if issubclass(b, WsyncError)]
         assert wsync_bases == [parent]

@@ -1,4 +1,4 @@
-"""The public face of ``wsync``: exactly API.md's names, each importable."""
+"""The public face of ``wsync``: exactly the documented public names, each importable."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import wsync
 
-# API.md's public names, plus OutboxError (raised by outboxes) and status_widget (Jupyter).
+# The public names of the API reference (docs/api.rst), OutboxError and status_widget included.
 PUBLIC_NAMES = {
     "Client",
     "MessageFuture",
@@ -38,7 +38,7 @@ PUBLIC_NAMES = {
 
 class TestAll:
     def test_all_is_exactly_the_public_names(self) -> None:
-        """wsync.__all__ lists API.md's names (plus OutboxError) and nothing else."""
+        """wsync.__all__ lists the documented public names and nothing else."""
         assert set(wsync.__all__) - {"__version__"} == PUBLIC_NAMES
 
     def test_all_has_no_duplicates(self) -> None:

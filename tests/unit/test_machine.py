@@ -59,7 +59,7 @@ WARNING, ERROR = logging.WARNING, logging.ERROR
 
 
 def make_machine(**overrides: object) -> Machine:
-    """A Machine with API.md's defaults (interval 30 s, timeout 60 s, connect_timeout 10 s).
+    """A Machine with the default options (interval 30 s, timeout 60 s, connect_timeout 10 s).
 
     ``durable=True`` unless overridden, so that ``Forget`` and ``CountDeliveries`` show.
     """

@@ -70,7 +70,7 @@ D, CG, P, CF, CL = (
     Status.CONFIRMED,
     Status.CLOSED,
 )
-# Every edge a Notify may take (API.md "States", PROTOCOL.md section 2). CLOSED is terminal.
+# Every edge a Notify may take (docs/concepts/states.rst, "The lifecycle"). CLOSED is terminal.
 ALLOWED = {
     (D, CG),
     (D, CL),

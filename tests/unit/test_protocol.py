@@ -261,7 +261,7 @@ class TestTimestamps:
 
 class TestFrames:
     def test_tags_cover_every_frame(self) -> None:
-        """TAGS names every member of Frame with PROTOCOL.md's type strings."""
+        """TAGS names every member of Frame with the protocol's type strings."""
         assert set(TAGS) == set(Frame.__args__)
         assert sorted(TAGS.values()) == sorted(
             ["connect", "connect_confirm", "ping", "pong", "message", "response", "error"]

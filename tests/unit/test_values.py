@@ -10,7 +10,7 @@ from wsync._values import ConnectionState, Stats, Status, validate_client_id
 
 class TestStatus:
     def test_members(self) -> None:
-        """Status has exactly API.md's five members, in lifecycle order."""
+        """Status has exactly the five documented members, in lifecycle order."""
         assert [s.name for s in Status] == [
             "CONNECTING",
             "PENDING",

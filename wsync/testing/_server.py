@@ -1,4 +1,4 @@
-"""ProtocolServer: the server side of the wsync protocol on localhost, with fault controls.
+"""ProtocolServer: the server side of the wire protocol on localhost, with fault controls.
 
 This module's one job is the public face of the test server: its options, properties, waits
 and fault switches, and the start/stop/restart sequence. What each connection answers lives
