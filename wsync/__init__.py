@@ -33,7 +33,7 @@ from wsync._sqlite_outbox import SQLiteOutbox
 from wsync._values import ConnectionState, Stats, Status
 from wsync.protocol import Response
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Backoff",

@@ -31,7 +31,9 @@ fi
 
 if [ ! -x "$venv/bin/wstest" ]; then
   echo "autobahn: installing autobahntestsuite 25.10.1 into $venv"
-  py27="$(pyenv root)/versions/2.7.18/bin/python"
+  # pyenv may be installed but not on PATH (a non-login shell): look in its usual home too.
+  pyenv_root="$( (command -v pyenv >/dev/null 2>&1 && pyenv root) || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
+  py27="$pyenv_root/versions/2.7.18/bin/python"
   "$py27" -m pip install -q virtualenv
   "$py27" -m virtualenv -q "$venv"
   "$venv/bin/pip" install -q autobahntestsuite==25.10.1
