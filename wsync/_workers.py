@@ -120,23 +120,20 @@ def lost_error(prefix: str, exc: TransportClosed) -> ConnectError:
     return error
 
 
-class Writer:
-    """The thread ``wsync-writer-<client>``: writes control frames, then batches of messages.
+class _Loop:
+    """A thread that runs ``_loop`` until the client closes, woken through a condition on the
+    engine's lock; a bug in the loop is logged and the connection dropped, never a dead
+    thread."""
 
-    Args:
-        host: the engine.
-        name: the thread's name.
-    """
+    role = "loop"
 
     def __init__(self, host: Host, name: str) -> None:
         self._host = host
         self._cv = threading.Condition(host.lock)
-        # Connections that get a close frame from this thread when the client closes.
-        self.closing_transports: list[Transport] = []
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def wake(self) -> None:
-        """Something may be writable. Caller holds the lock."""
+        """Something changed that the loop waits for. Caller holds the lock."""
         self._cv.notify()
 
     def wake_all(self) -> None:
@@ -148,9 +145,28 @@ class Writer:
                 self._loop()
                 return
             except Exception:
-                logger.exception("internal error in the writer thread")
+                logger.exception("internal error in the %s thread", self.role)
                 if not _recover(self._host, self._cv):
                     return
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Writer(_Loop):
+    """The thread ``wsync-writer-<client>``: writes control frames, then batches of messages.
+
+    Args:
+        host: the engine.
+        name: the thread's name.
+    """
+
+    role = "writer"
+
+    def __init__(self, host: Host, name: str) -> None:
+        super().__init__(host, name)
+        # Connections that get a close frame from this thread when the client closes.
+        self.closing_transports: list[Transport] = []
 
     def _loop(self) -> None:
         host = self._host
@@ -213,7 +229,7 @@ class Writer:
                 entry.future.mark_running()
 
 
-class Timer:
+class Timer(_Loop):
     """The thread ``wsync-timer-<client>``: runs the machine's deadlines and opens connections.
 
     Args:
@@ -221,27 +237,7 @@ class Timer:
         name: the thread's name.
     """
 
-    def __init__(self, host: Host, name: str) -> None:
-        self._host = host
-        self._cv = threading.Condition(host.lock)
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-
-    def wake(self) -> None:
-        """A deadline may have moved. Caller holds the lock."""
-        self._cv.notify()
-
-    def wake_all(self) -> None:
-        self._cv.notify_all()
-
-    def _main(self) -> None:
-        while True:
-            try:
-                self._loop()
-                return
-            except Exception:
-                logger.exception("internal error in the timer thread")
-                if not _recover(self._host, self._cv):
-                    return
+    role = "timer"
 
     def _loop(self) -> None:
         host = self._host
