@@ -470,7 +470,7 @@ class TestSQLiteValidation:
         first.release()
         conn = sqlite3.connect(db)
         with conn:
-            conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+            conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
         conn.close()
         before = digest(db)
         with pytest.raises(OutboxError, match="newer wsync"):
