@@ -454,27 +454,6 @@ WITHDRAW_CHILD = textwrap.dedent(
         print(f.message_id, flush=True)
         if f.cancel():           # "it is then never sent"
             os.kill(os.getpid(), signal.SIGKILL)
-    elif mode == "cancel_taken":
-        # The writer has taken the message (it is no longer queued) and is about to mark it
-        # running: a cancel() from any thread can land right here. This hook makes it land.
-        original = wsync.MessageFuture.set_running_or_notify_cancel
-        told = []
-
-        def cancelled_while_taken(future):
-            if future.cancel():  # True: "it is then never sent"
-                told.append(future.message_id)
-            return original(future)
-
-        wsync.MessageFuture.set_running_or_notify_cancel = cancelled_while_taken
-        c.connect(timeout=10)
-        f = c.send("withdrawn")
-        print(f.message_id, flush=True)
-        try:
-            f.result(10)
-        except BaseException:
-            pass
-        if told == [f.message_id]:
-            os.kill(os.getpid(), signal.SIGKILL)
     else:
         c.connect(timeout=10)
         if mode == "response_timeout":
@@ -510,7 +489,6 @@ class TestDurableWithdrawal:
             "cancel",
             "response_timeout",
             "server_error",
-            "cancel_taken",
         ],
     )
     def test_failed_message_is_not_sent_by_the_next_process(

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -468,3 +469,46 @@ class TestFreshCredentials:
             assert client.send_and_wait("x", timeout=TIMEOUT).content == "x"
         assert any("RuntimeError" in r.getMessage() for r in caplog.records)
         assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
+
+
+class TestCancelWhileWriting:
+    @pytest.mark.parametrize("backlog", [0, 5])
+    def test_cancel_during_the_write_fails_and_the_message_is_answered(
+        self, server: ProtocolServer, monkeypatch: pytest.MonkeyPatch, backlog: int
+    ) -> None:
+        """A cancel() that lands while its message is being written returns False, and the
+        message is answered: a cancel that succeeds means the message is never sent."""
+        from wsync import _connection
+
+        outcome: dict[str, bool] = {}
+        target: dict[str, wsync.MessageFuture] = {}
+
+        def cancelling(original: Any) -> Any:
+            def write(self: Any, texts: Any) -> Any:
+                future = target.get("future")
+                frames = texts if isinstance(texts, list) else [texts]
+                if future is not None and "cancel" not in outcome and any(
+                    future.message_id in text for text in frames
+                ):
+                    outcome["cancel"] = future.cancel()
+                return original(self, texts)
+
+            return write
+
+        monkeypatch.setattr(
+            _connection.Transport, "send_texts", cancelling(_connection.Transport.send_texts)
+        )
+        monkeypatch.setattr(
+            _connection.Transport, "try_send_text",
+            cancelling(_connection.Transport.try_send_text),
+        )
+        with Client(server.url, backoff=FAST) as client:
+            for n in range(backlog):
+                client.send(f"before {n}")
+            server.hold_responses()  # the target is written while the backlog waits
+            future = client.send("target", message_id="the-target")
+            target["future"] = future
+            server.drop_connections()  # it is written again after the reconnect: cancel then
+            server.release_responses()
+            assert future.result(TIMEOUT).content == "target"
+        assert outcome.get("cancel") is False
