@@ -1,4 +1,4 @@
-"""Measure SQLiteOutbox throughput: adds (sequential and 8 threads) and discards.
+"""Measure SQLiteOutbox throughput: adds (sequential and 8 threads), discards, delivery counts.
 
 A report, not a test. Run from the project root::
 
@@ -105,6 +105,19 @@ def discards(directory: Path, n: int, batch: int, *, relaxed: bool) -> float:
     return elapsed
 
 
+def delivery_counts(directory: Path, n: int, batch: int) -> float:
+    box = _fresh(directory, "FULL")
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    for message_id in ids:
+        box.add(message_id, CONTENT)
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        box.count_deliveries(ids[i : i + batch])
+    elapsed = time.perf_counter() - start
+    box.release()
+    return elapsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 messages instead of 10,000")
@@ -134,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         ("discard, batches of 1, FULL, relaxed", lambda d: discards(d, n, 1, relaxed=True)),
         ("discard, batches of 1, FULL, fsync'ed", lambda d: discards(d, n, 1, relaxed=False)),
         ("discard, batches of 100, FULL, relaxed", lambda d: discards(d, n, 100, relaxed=True)),
+        ("count_deliveries, batches of 1, FULL", lambda d: delivery_counts(d, n, 1)),
+        ("count_deliveries, batches of 100, FULL", lambda d: delivery_counts(d, n, 100)),
     ]
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="wsync-outbox-bench-") as tmp:
         directory = Path(tmp)

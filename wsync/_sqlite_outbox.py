@@ -240,16 +240,19 @@ class SQLiteOutbox:
         # Set in a forked child by the at-fork hook: checked first by every method.
         self._inherited = False
 
-        # _cond guards _state, _owner, _open, _writing, _forget and every _Entry/_Batch field
-        # that other threads read; never held during I/O.
-        self._cond = threading.Condition(threading.Lock())
+        # _lock guards _state, _owner, _open, _writing, _forget and every _Entry/_Batch field
+        # that other threads read; never held during I/O. Blocks take it with `with self._lock`
+        # and wait on _cond: a plain lock's C-level __exit__ leaves a signal no instruction to
+        # land on between the block's end and the release (Condition.__exit__ is Python code).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._state: str = _NEW
         self._owner: object = None  # the token of the claim or release in progress
         self._open = _Batch()  # adds waiting for the next commit
         self._writing: _Batch | None = None  # the batch a leader is committing
         self._forget: list[int] = []  # seqs of committed rows whose add raised: to delete
         # _db_lock guards _conn and _lock_file (every SQL statement); held during I/O.
-        # Order: _db_lock is never taken while holding _cond (the other way round is fine).
+        # Order: _db_lock is never taken while holding _lock (the other way round is fine).
         self._db_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._lock_file: IO[bytes] | None = None
@@ -293,7 +296,7 @@ class SQLiteOutbox:
         validate_client_id(client_id)
         token = object()
         try:
-            with self._cond:
+            with self._lock:
                 if self._state != _NEW:
                     raise OutboxError(
                         f"outbox {self._path} is {self._state} already: make a new one"
@@ -303,7 +306,7 @@ class SQLiteOutbox:
                 self._acquire_lock()
                 leftovers = self._connect(client_id)
             logger.debug("claimed outbox %s: %d unanswered messages", self._path, len(leftovers))
-            with self._cond:
+            with self._lock:
                 self._state = _CLAIMED  # _owner stays ours until the next claim or release
                 self._cond.notify_all()
             return leftovers
@@ -399,7 +402,7 @@ class SQLiteOutbox:
             raise self._inherited_error("release")
         token = object()
         try:
-            with self._cond:
+            with self._lock:
                 while self._state in (_CLAIMING, _RELEASING):
                     self._cond.wait()  # another thread's claim or release
                 if self._state != _CLAIMED:
@@ -451,7 +454,7 @@ class SQLiteOutbox:
 
     def _add(self, entry: _Entry) -> None:
         """The normal path of ``add``; ``_undo_add`` repairs wherever it stops."""
-        with self._cond:
+        with self._lock:
             if self._state != _CLAIMED:
                 raise self._unusable("add to")
             entry.batch = self._open  # before joining: _undo_add looks for it there
@@ -525,7 +528,7 @@ class SQLiteOutbox:
 
     def _finish(self, batch: _Batch) -> None:
         """The leader, after its commit: mark the batch done and wake its followers."""
-        with self._cond:
+        with self._lock:
             self._drop_abandoned(batch)
             batch.done, self._writing = True, None
             self._cond.notify_all()
@@ -533,7 +536,7 @@ class SQLiteOutbox:
             self._forget_now()
 
     def _drop_abandoned(self, batch: _Batch) -> None:
-        """Queue for deletion the committed rows of adds that raised. Caller holds _cond."""
+        """Queue for deletion the committed rows of adds that raised. Caller holds _lock."""
         for entry in batch.entries:
             if entry.abandoned and entry.seq is not None:
                 self._forget.append(entry.seq)
@@ -551,7 +554,7 @@ class SQLiteOutbox:
         open batch for a new leader if nothing was committed). A row committed for this add
         is deleted before the exception propagates.
         """
-        with self._cond:
+        with self._lock:
             batch = entry.batch
             if batch is None:  # it never joined
                 return
@@ -564,9 +567,12 @@ class SQLiteOutbox:
                 elif entry.seq is not None:  # committed, and this add raises: unstore it
                     self._forget.append(entry.seq)
                     entry.seq = None
+                # Wakes release() (the open batch may be empty now) and anyone an interrupted
+                # notify_all left waiting.
+                self._cond.notify_all()
         if leading:
             self._settle(batch)
-            with self._cond:
+            with self._lock:
                 stored = any(e.seq is not None for e in batch.entries)
                 entry.abandoned = True
                 self._drop_abandoned(batch)
@@ -620,7 +626,7 @@ class SQLiteOutbox:
 
     def _forget_rows(self, conn: sqlite3.Connection) -> None:
         """Delete the rows queued in ``_forget``. Caller holds _db_lock, no transaction open."""
-        with self._cond:
+        with self._lock:
             seqs = list(self._forget)
         if not seqs:
             return
@@ -635,7 +641,7 @@ class SQLiteOutbox:
                 exc,
             )
             return
-        with self._cond:
+        with self._lock:
             done = set(seqs)
             self._forget = [seq for seq in self._forget if seq not in done]
 
@@ -649,7 +655,7 @@ class SQLiteOutbox:
         statements: Sequence[tuple[str, Sequence[tuple[str, ...]]]],
     ) -> None:
         """Run ``statements`` (SQL, rows) in one transaction without an fsync of its own."""
-        with self._cond:
+        with self._lock:
             if self._state != _CLAIMED:
                 raise self._unusable(action)
         if not statements:
@@ -688,26 +694,26 @@ class SQLiteOutbox:
 
     def _undo_claim(self, token: object) -> None:
         """After a claim raised anywhere: close what it opened and make the outbox new again."""
-        with self._cond:
+        with self._lock:
             if self._owner is not token:  # it raised before it began
                 return
             self._state = _CLAIMING
         with self._db_lock:
             self._close_files()
-        with self._cond:
+        with self._lock:
             self._state, self._owner = _NEW, None
             self._cond.notify_all()
 
     def _close(self, token: object) -> None:
         """Finish the release that ``token`` began: delete what must go, close, unlock."""
-        with self._cond:
+        with self._lock:
             if self._owner is not token or self._state != _RELEASING:
                 return
         with self._db_lock:
             if self._conn is not None and self._forget:
                 self._forget_rows(self._conn)
             self._close_files()
-        with self._cond:
+        with self._lock:
             self._state = _RELEASED
             self._cond.notify_all()
 
@@ -889,16 +895,19 @@ class SQLiteOutbox:
         The locks may have been held by parent threads that do not exist here, so they are
         replaced. The connection is leaked on purpose: closing it (or letting it be garbage
         collected) in the child is a use, which SQLite forbids after fork. The lock file is
-        dropped without unlocking: closing the child's descriptor leaves the parent's flock
-        in place, where an unlock would release it.
+        closed without unlocking: closing the child's copy of the descriptor leaves the
+        parent's flock in place, where an unlock would release it.
         """
         self._inherited = True
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._db_lock = threading.Lock()
         conn, self._conn = self._conn, None
         if conn is not None:
             _leak(conn)
-        self._lock_file = None
+        lock_file, self._lock_file = self._lock_file, None
+        if lock_file is not None:
+            lock_file.close()
 
 
 # Every SQLiteOutbox of this process, for the at-fork hook.
