@@ -35,6 +35,7 @@ from wsync._handshake import (
     redact_url,
     validate_url,
 )
+from wsync.testing._websockets_adapter import serve_options
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -55,8 +56,9 @@ class EchoServer:
             0,
             ssl=ssl_context,
             process_request=self._process_request,
-            ping_interval=None,
             compression=None,
+            # ping_interval came in websockets 15 (14 and older send no pings anyway).
+            **serve_options(ping_interval=None),
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="test-server")
         self.port: int = self._server.socket.getsockname()[1]
