@@ -62,8 +62,17 @@ class Dispatcher:
 
     def _start(self) -> None:
         if self.thread is None and not self._stopping:
-            self.thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self.thread.start()
+            thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                if "shutdown" not in str(exc):
+                    raise
+                # Python 3.12+ at interpreter shutdown: no thread starts. The items wait;
+                # close() runs them in its own thread (drain_inline).
+                self._enabled = False
+                return
+            self.thread = thread
 
     def put(self, fn: Callable[..., Any], *args: Any) -> None:
         """Enqueue ``fn(*args)``. Caller holds the lock."""

@@ -108,6 +108,19 @@ def _forget_inherited() -> None:
 _exit.register(_close_all_at_exit, after_fork_in_child=_forget_inherited)
 
 
+def _start(thread: threading.Thread) -> bool:
+    """Start ``thread``; False when the interpreter is shutting down and refuses new threads
+    (Python 3.12+ does, even in exit hooks: "can't create new thread at interpreter
+    shutdown"; no other sign of it is offered). Any other failure is raised."""
+    try:
+        thread.start()
+    except RuntimeError as exc:
+        if "shutdown" not in str(exc):
+            raise
+        return False
+    return True
+
+
 @attrs.define
 class _Teardown:
     """Abort ``transport`` (popped from the open connections under the lock)."""
@@ -422,12 +435,21 @@ class Engine:
                     name=f"wsync-reader-{self.number}.{generation}",
                 )
                 self._readers = [r for r in self._readers if r.is_alive()]
-                self._readers.append(reader.thread)
                 self._threads = {t for t in self._threads if t.is_alive()}
-                self._threads.add(reader.thread)
-                reader.thread.start()
+                inline = not _start(reader.thread)
+                if not inline:
+                    self._readers.append(reader.thread)
+                    self._threads.add(reader.thread)
                 later = self.drain()
         self.carry_out(later)
+        if not inline:
+            return
+        # Python 3.12+ starts no thread once the interpreter is shutting down, and the exit
+        # hook's flush may open a connection then (a script that sent and ended at once):
+        # this thread (the timer) reads it itself until it ends; close() aborts it at the
+        # exit deadline. Deadlines wait meanwhile, which the exit's own bound makes harmless.
+        logger.debug("interpreter shutting down: the timer thread reads connection %d", generation)
+        reader.run_here()
 
     # --- callbacks (on the callbacks thread: look the callback up now, the client may be gone)
 
@@ -829,7 +851,7 @@ class Engine:
         if self._started and writer is not me:
             writer.join(grace_deadline.remaining())
         with self.lock:
-            readers = list(self._readers)
+            readers = [r for r in self._readers if r.ident is not None]
         for reader in readers:
             if reader is not me:
                 reader.join(grace_deadline.remaining())
@@ -915,9 +937,10 @@ class Engine:
         the close runs in a thread of its own, never in the caller.
         """
         if not self._closing and self.owned():
-            threading.Thread(
+            # At interpreter shutdown no thread starts: the exit hook closes it then.
+            _start(threading.Thread(
                 target=self._close_forgotten, name=f"wsync-finalizer-{self.number}", daemon=True
-            ).start()
+            ))
 
     def _close_forgotten(self) -> None:
         try:

@@ -396,9 +396,10 @@ class _Lookup:
         self.result: object = None
         self.done = threading.Event()
         self.waiters: weakref.WeakSet[_Attempt] = weakref.WeakSet()
-        self.thread = threading.Thread(target=self._run, name="wsync-resolve", daemon=True)
+        self.run_here = False  # no thread could start: the attempt runs it itself
+        self.thread = threading.Thread(target=self.run, name="wsync-resolve", daemon=True)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         host, port = self.key
         try:
             self.result = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
@@ -692,7 +693,8 @@ class Connector:
             if self._lookup is lookup:
                 self._lookup = None  # used up: the next attempt looks up afresh
         # It has set the event: let it exit, so no thread of ours outlives open().
-        lookup.thread.join(max(0.0, deadline - time.monotonic()))
+        if lookup.thread.ident is not None:  # (not started at interpreter shutdown)
+            lookup.thread.join(max(0.0, deadline - time.monotonic()))
         outcome = lookup.result
         if isinstance(outcome, Exception):
             raise outcome
@@ -707,10 +709,19 @@ class Connector:
             lookup = self._lookup
             if lookup is None or lookup.key != (host, port):
                 lookup = self._lookup = _Lookup(host, port)
-                lookup.thread.start()
+                try:
+                    lookup.thread.start()
+                except RuntimeError as exc:
+                    # Python 3.12+ starts no thread at interpreter shutdown (the exit hook's
+                    # flush): look up here instead, unbounded but rare.
+                    if "shutdown" not in str(exc):
+                        raise
+                    lookup.run_here = True
             lookup.waiters.add(attempt)
             if lookup.done.is_set():
                 attempt.wake.set()
+        if lookup.run_here and not lookup.done.is_set():
+            lookup.run()
         return lookup
 
     @property

@@ -282,6 +282,10 @@ class Reader:
         self._malformed_log = malformed
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
+    def run_here(self) -> None:
+        """Read the connection in the calling thread, until it ends (when no thread starts)."""
+        self._main()
+
     def _main(self) -> None:
         try:
             self._loop()

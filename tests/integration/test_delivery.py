@@ -512,3 +512,25 @@ class TestCancelWhileWriting:
             server.release_responses()
             assert future.result(TIMEOUT).content == "target"
         assert outcome.get("cancel") is False
+
+
+EXIT_HOSTNAME_SCRIPT = EXIT_SCRIPT.replace(
+    "client = wsync.Client(sys.argv[1]",
+    "client = wsync.Client(sys.argv[1].replace('127.0.0.1', 'localhost')",
+)
+
+
+class TestExitOpensTheConnection:
+    def test_a_connection_first_opened_by_the_exit_flush_delivers(
+        self, server: ProtocolServer
+    ) -> None:
+        """The exit hook's flush may be the first to open the connection (a script that sent
+        and ended at once), when Python 3.12+ starts no new thread: through a DNS name too,
+        the messages are delivered."""
+        result = subprocess.run(
+            [sys.executable, "-c", EXIT_HOSTNAME_SCRIPT, server.url, "50"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert len({r.message_id for r in server.received}) == 50
+        assert "Traceback" not in result.stderr
