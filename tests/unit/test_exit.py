@@ -44,8 +44,15 @@ class TestThreadingContract:
         script = textwrap.dedent(
             """
             import threading, wsync, concurrent.futures.thread as pool
-            hooks = threading._threading_atexits
-            names = [getattr(getattr(h, "func", h), "__name__", "") for h in hooks]
+
+            def target(hook):  # a partial (3.10-3.12) or a lambda around the function (3.13)
+                func = getattr(hook, "func", None)
+                for cell in getattr(hook, "__closure__", None) or ():
+                    if func is None and callable(cell.cell_contents):
+                        func = cell.cell_contents
+                return getattr(func, "__name__", "")
+
+            names = [target(h) for h in threading._threading_atexits]
             print(names.index("_python_exit") < names.index("_close_all_at_exit"))
             """
         )
