@@ -4,7 +4,7 @@ Not a test server (that is ``wsync.testing.ProtocolServer``, which spends a few 
 handful of locks per message): this one only has to be fast enough never to be the bottleneck
 of ``benchmarks/run.py``, which starts it in a separate process.
 
-It speaks PROTOCOL.md's happy path and nothing more:
+It speaks the wire protocol's happy path (docs/protocol.rst) and nothing more:
 
 - ``connect``  -> ``connect_confirm`` (same clientId, a new conversationId, "confirmed");
 - ``ping``     -> ``pong``;
