@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from wsync._exit import start_thread
 from wsync._values import ErrorCallback, ResponseCallback, StateCallback
 
 __all__ = ["Callbacks", "Dispatcher", "call_each", "changed"]
@@ -63,13 +64,9 @@ class Dispatcher:
     def _start(self) -> None:
         if self.thread is None and not self._stopping:
             thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            try:
-                thread.start()
-            except RuntimeError as exc:
-                if "shutdown" not in str(exc):
-                    raise
-                # Python 3.12+ at interpreter shutdown: no thread starts. The items wait;
-                # close() runs them in its own thread (drain_inline).
+            if not start_thread(thread):
+                # At interpreter shutdown no thread starts: the items wait, and close() runs
+                # them in its own thread (drain_inline).
                 self._enabled = False
                 return
             self.thread = thread

@@ -108,19 +108,6 @@ def _forget_inherited() -> None:
 _exit.register(_close_all_at_exit, after_fork_in_child=_forget_inherited)
 
 
-def _start(thread: threading.Thread) -> bool:
-    """Start ``thread``; False when the interpreter is shutting down and refuses new threads
-    (Python 3.12+ does, even in exit hooks: "can't create new thread at interpreter
-    shutdown"; no other sign of it is offered). Any other failure is raised."""
-    try:
-        thread.start()
-    except RuntimeError as exc:
-        if "shutdown" not in str(exc):
-            raise
-        return False
-    return True
-
-
 @attrs.define
 class _Teardown:
     """Abort ``transport`` (popped from the open connections under the lock)."""
@@ -436,7 +423,7 @@ class Engine:
                 )
                 self._readers = [r for r in self._readers if r.is_alive()]
                 self._threads = {t for t in self._threads if t.is_alive()}
-                inline = not _start(reader.thread)
+                inline = not _exit.start_thread(reader.thread)
                 if not inline:
                     self._readers.append(reader.thread)
                     self._threads.add(reader.thread)
@@ -938,7 +925,7 @@ class Engine:
         """
         if not self._closing and self.owned():
             # At interpreter shutdown no thread starts: the exit hook closes it then.
-            _start(threading.Thread(
+            _exit.start_thread(threading.Thread(
                 target=self._close_forgotten, name=f"wsync-finalizer-{self.number}", daemon=True
             ))
 

@@ -1,8 +1,9 @@
 """Process lifecycle hooks: interpreter exit and fork; the only user of ``threading``'s
 private ``_register_atexit``.
 
-Its one job: run wsync's exit hook early enough and tell wsync about a fork. It must not
-know what the hooks do.
+Its one job: run wsync's exit hook early enough, tell wsync about a fork, and say when the
+interpreter refuses to start a thread because it is shutting down. It must not know what
+the hooks or the threads do.
 
 Why ``threading._register_atexit``: at interpreter exit, ``threading._shutdown()`` runs the
 functions registered there (newest first), then joins every non-daemon thread, and only then
@@ -22,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["register"]
+__all__ = ["register", "start_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +48,19 @@ def register(on_exit: Callable[[], None], *, after_fork_in_child: Callable[[], N
         atexit.register(on_exit)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=after_fork_in_child)
+
+
+def start_thread(thread: threading.Thread) -> bool:
+    """Start ``thread``; False when the interpreter is shutting down and refuses new threads.
+
+    Python 3.12+ does, even in exit hooks, where wsync's exit flush may still need one
+    ("can't create new thread at interpreter shutdown": the message is the only sign of it).
+    The caller then does the thread's work itself. Any other failure is raised.
+    """
+    try:
+        thread.start()
+    except RuntimeError as exc:
+        if "shutdown" not in str(exc):
+            raise
+        return False
+    return True

@@ -54,6 +54,7 @@ from urllib.parse import unquote, urlsplit
 
 from wsync._connection import Transport
 from wsync._errors import ConnectError, TLSError, UpgradeRejected
+from wsync._exit import start_thread
 from wsync._http11 import (
     BadResponse,
     CookieResponse,
@@ -709,14 +710,9 @@ class Connector:
             lookup = self._lookup
             if lookup is None or lookup.key != (host, port):
                 lookup = self._lookup = _Lookup(host, port)
-                try:
-                    lookup.thread.start()
-                except RuntimeError as exc:
-                    # Python 3.12+ starts no thread at interpreter shutdown (the exit hook's
-                    # flush): look up here instead, unbounded but rare.
-                    if "shutdown" not in str(exc):
-                        raise
-                    lookup.run_here = True
+                # At interpreter shutdown (the exit hook's flush) no thread starts: the
+                # attempt looks up itself, unbounded but rare.
+                lookup.run_here = not start_thread(lookup.thread)
             lookup.waiters.add(attempt)
             if lookup.done.is_set():
                 attempt.wake.set()
