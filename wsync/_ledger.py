@@ -57,7 +57,7 @@ class Entry:
     """One message the client is responsible for until it is answered or failed."""
 
     # The content itself is not kept: `text` holds it, and memory per queued message counts.
-    __slots__ = ("deliveries", "future", "message_id", "state", "text", "written")
+    __slots__ = ("caught", "deliveries", "future", "message_id", "state", "text", "written")
 
     def __init__(
         self, message_id: str, text: str, future: MessageFuture, deliveries: int = 0
@@ -68,6 +68,9 @@ class Entry:
         self.state = EntryState.QUEUED
         self.deliveries = deliveries  # connections it was written on that ended unanswered
         self.written = False  # written on some connection: a cancel fails from then on
+        # In a write when its connection was lost: if that write then reports that it went
+        # out, the lost connection counts as one more delivery (see Ledger.written).
+        self.caught = False
 
     def __repr__(self) -> str:  # never the content
         return f"Entry({self.message_id!r}, {self.state.name}, deliveries={self.deliveries})"
@@ -262,13 +265,15 @@ class Ledger:
             state = entry.state
             if state is EntryState.QUEUED:
                 continue
-            if blame and limit is not None and state is EntryState.WRITTEN:
+            if blame and limit is not None:
                 # (With no limit nothing is counted, and nothing is written one at a time.)
-                if not entry.deliveries:
-                    self.suspects += 1
-                entry.deliveries += 1
-                if entry.deliveries >= limit:
-                    poisoned.append(entry)
+                if state is EntryState.WRITTEN:
+                    if self._count_delivery(entry):
+                        poisoned.append(entry)
+                else:
+                    # TAKEN: its write may have reached the server before the loss was seen,
+                    # and reports later; it is blamed then (a poison message is not let off).
+                    entry.caught = True
             entry.state = EntryState.QUEUED
         self.queued += self.in_flight
         self.in_flight = 0
@@ -309,17 +314,42 @@ class Ledger:
             self.writer = entries
         return entries
 
-    def written(self, owner: object, entries: list[Entry], *, current: bool) -> None:
+    def _count_delivery(self, entry: Entry) -> bool:
+        """One more connection ended with ``entry`` written and unanswered; True when that
+        makes it a poison message (``max_deliveries`` reached)."""
+        if not entry.deliveries:
+            self.suspects += 1
+        entry.deliveries += 1
+        limit = self.max_deliveries
+        return limit is not None and entry.deliveries >= limit
+
+    def written(self, owner: object, entries: list[Entry], *, current: bool) -> list[Entry]:
         """The write ``owner`` put ``entries`` on the wire (of the current connection if
-        ``current``); the turn to write is given back."""
+        ``current``); the turn to write is given back.
+
+        Returns:
+            The messages given one more delivery now: written on a connection whose loss
+            was seen while this write was still going on (see :meth:`stop`). Those that
+            reached ``max_deliveries`` are still in the ledger; the machine fails them.
+        """
         if self.writer is owner:
             self.writer = None
         self.sent += len(entries)
+        counted: list[Entry] = []
         for entry in entries:
             entry.written = True
-            # Not current: the loss queued them again already.
-            if current and entry.state is EntryState.TAKEN:
-                entry.state = EntryState.WRITTEN
+            if current:
+                if entry.state is EntryState.TAKEN:
+                    entry.state = EntryState.WRITTEN
+            elif entry.caught:
+                # The loss queued it again already; it counts that loss now it is known
+                # to have been written on it (unless it was answered meanwhile).
+                entry.caught = False
+                if self.pending.get(entry.message_id) is entry:
+                    if self._count_delivery(entry):
+                        self.poisoned_total += 1
+                    counted.append(entry)
+        return counted
 
     def not_written(self, owner: object, entries: list[Entry], *, current: bool) -> None:
         """The write ``owner`` wrote none of ``entries`` after all: they go back first in line."""
@@ -328,6 +358,8 @@ class Ledger:
         if self.window is not None:
             self.window.give_back(len(entries))  # their slots were not used
         if not current:
+            for entry in entries:
+                entry.caught = False  # not written: the loss it was caught in is not its fault
             return
         back: list[Entry] = []
         for entry in entries:

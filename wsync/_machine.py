@@ -838,7 +838,16 @@ class Machine:
 
     def written(self, generation: int, owner: object, entries: list[Entry]) -> None:
         """The write ``owner`` (a token from take_writes/send) put ``entries`` on the wire."""
-        self.ledger.written(owner, entries, current=generation == self.generation)
+        counted = self.ledger.written(owner, entries, current=generation == self.generation)
+        if counted:
+            # Written on a connection already lost: that loss counts for them now.
+            limit = self.ledger.max_deliveries
+            poisoned = [e for e in counted if limit is not None and e.deliveries >= limit]
+            still = tuple(e.message_id for e in counted if e not in poisoned)
+            if self.durable and still:
+                self._actions.append(CountDeliveries(still))
+            if poisoned:
+                self._poisoned(poisoned)
         if self.has_writes():
             self._wake(Wake.WRITER)
 

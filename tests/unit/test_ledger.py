@@ -291,6 +291,46 @@ class TestStop:
         assert (a.deliveries, b.deliveries, c.deliveries) == (1, 0, 0)
         assert counters(ledger) == (3, 0, 1)
 
+    def test_a_write_reported_after_the_loss_is_blamed_then(self) -> None:
+        """A message taken when the loss is seen, whose write then reports it went out on
+        that connection, gets its delivery then (its write may have been what killed it)."""
+        a, b = entry("a", deliveries=2), entry("b")
+        ledger = ledger_with(a, b, max_deliveries=3)
+        taken = ledger.take(T0)
+        assert taken == [a]  # a suspect is written alone
+        assert ledger.stop(blame=True) == []
+        assert a.deliveries == 2
+        assert ledger.written(taken, taken, current=False) == [a]
+        assert (a.deliveries, b.deliveries) == (3, 0)
+        assert ledger.poisoned_total == 1
+        assert a.state is EntryState.QUEUED and ledger.get("a") is a
+
+    def test_a_write_that_failed_after_the_loss_is_not_blamed(self) -> None:
+        """A message taken when the loss is seen whose write then fails gets no delivery."""
+        a = entry("a")
+        ledger = ledger_with(a)
+        taken = ledger.take(T0)
+        ledger.stop(blame=True)
+        ledger.not_written(taken, taken, current=False)
+        ledger.start()
+        again = ledger.take(T0)
+        assert again == [a]
+        assert ledger.written(again, again, current=False) == []
+        assert (a.deliveries, ledger.suspects) == (0, 0)
+
+    def test_a_caught_message_answered_meanwhile_is_not_blamed(self) -> None:
+        """A caught message answered on the next connection before the old write reports
+        gets no delivery."""
+        a = entry("a")
+        ledger = ledger_with(a)
+        taken = ledger.take(T0)
+        ledger.stop(blame=True)
+        ledger.start()
+        write(ledger)
+        ledger.answer("a")
+        assert ledger.written(taken, taken, current=False) == []
+        assert a.deliveries == 0
+
     def test_no_blame_counts_nothing(self) -> None:
         """Without blame (reconnect(), close()) no delivery is counted."""
         a = entry("a")

@@ -1328,10 +1328,10 @@ class TestResend:
         lose(m, gen, T0)
         assert a.state is EntryState.QUEUED
         assert (m.queued, m.in_flight) == (1, 0)
-        assert a.deliveries == 0  # not on the wire when the connection ended: not blamed
+        assert a.deliveries == 0  # its write had not reported: not blamed yet
         m.written(gen, taken, taken)  # the writer finishes on the old connection
-        assert m.drain() == []
-        assert a.state is EntryState.QUEUED
+        assert m.drain() == [CountDeliveries(("a",))]  # it was on the wire: blamed now
+        assert (a.state, a.deliveries) == (EntryState.QUEUED, 1)
         assert (m.queued, m.in_flight, m.sent) == (1, 0, 1)
         gen = reconfirm(m, T0 + 5)
         assert write(m, gen, T0 + 5) == [a]
@@ -2433,6 +2433,36 @@ class TestPoisonIsolation:
         assert kinds(actions) == [Abort, CountDeliveries, Log, Notify]
         assert actions[1] == CountDeliveries(("a",))
         assert (a.deliveries, b.deliveries, c.deliveries) == (1, 0, 0)
+
+    def test_a_write_that_reports_after_the_loss_counts_and_can_poison(self) -> None:
+        """A write whose connection was lost before it reported counts the loss for its
+        messages when it reports: counted in the outbox, or failed at max_deliveries."""
+        m = make_machine(max_deliveries=3)
+        a, b = entry("a", deliveries=2), entry("b")
+        send(m, a, b)
+        gen = confirmed(m)
+        _, taken = m.take_writes(gen, T0, 256)
+        assert taken == [a]  # a suspect: written alone
+        lose(m, gen, T0)
+        m.written(gen, taken, taken)
+        actions = drain(m)
+        assert kinds(actions) == [Log, Fail, Forget]
+        assert isinstance(actions[1], Fail) and actions[1].entries == (a,)
+        assert "a" not in m.pending
+        reconfirm(m, T0 + 1)
+        assert ids(write(m, m.generation, T0 + 1)) == ["b"]
+
+    def test_a_late_write_counts_in_the_durable_outbox(self) -> None:
+        """Below max_deliveries, the late count is a CountDeliveries for the outbox."""
+        m = make_machine()
+        a = entry("a")
+        send(m, a)
+        gen = confirmed(m)
+        _, taken = m.take_writes(gen, T0, 256)
+        lose(m, gen, T0)
+        m.written(gen, taken, taken)
+        assert drain(m) == [CountDeliveries(("a",))]
+        assert a.deliveries == 1
 
     def test_no_outbox_actions_when_not_durable(self) -> None:
         """Without a durable outbox neither CountDeliveries nor Forget is buffered."""

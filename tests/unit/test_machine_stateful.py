@@ -147,6 +147,9 @@ class MachineModel(RuleBasedStateMachine):
         self.first_writes: list[int] = []  # places, in the order first written
         self.batch: tuple[int, list[Entry]] | None = None  # what the writer thread holds
         self.inline: tuple[int, Entry] | None = None  # a send() writing its message itself
+        # Entries in a write when a confirmed connection was lost: if that write then reports
+        # they went out, the loss counts for them then (ids of the entries).
+        self.caught: set[int] = set()
         self.counter = 0
         # Connections.
         self.opened: set[int] = set()  # generations given an Open
@@ -225,13 +228,25 @@ class MachineModel(RuleBasedStateMachine):
         handshake: bool = False,
         retryable: bool = True,
         close_code: int | None = None,
+        report: tuple[int, list[Entry], bool] | None = None,
     ) -> list[Action]:
         """Run one machine event, drain it and check the actions against the model.
 
         Returns the actions without the wakes; ``self.result`` is what the event returned.
+        ``report``: the event is a write reporting (its generation, its entries, whether they
+        went out).
         """
         m = self.machine
         prev = m.status
+        late: list[Entry] = []  # written on a connection lost before the write reported
+        if report is not None:
+            gen, reported, went_out = report
+            if gen != m.generation:
+                for e in reported:
+                    if id(e) in self.caught:
+                        self.caught.discard(id(e))
+                        if went_out and m.pending.get(e.message_id) is e:
+                            late.append(e)
         before = {id(e): e for e in m.pending.values()}
         was = {id(e): (e.state, e.deliveries) for e in m.pending.values()}
         self.result = fn()
@@ -307,14 +322,19 @@ class MachineModel(RuleBasedStateMachine):
 
         # Deliveries: one more for each message on the wire of a connection that was lost
         # (counted only when there is a limit to count towards).
+        # A message in a write when the loss was seen is counted when that write reports it
+        # went out on the lost connection.
         limit = self.max_deliveries
         poisoned = []
         for key, e in before.items():
             state, deliveries = was[key]
             on_wire = blame and limit is not None and state is EntryState.WRITTEN
+            on_wire = on_wire or (limit is not None and e in late)
             assert e.deliveries == deliveries + on_wire, (e, rule_name)
             if on_wire and limit is not None and e.deliveries >= limit:
                 poisoned.append(e)
+            if blame and limit is not None and state is EntryState.TAKEN:
+                self.caught.add(key)
 
         failed = 0
         gives_up = False
@@ -337,6 +357,8 @@ class MachineModel(RuleBasedStateMachine):
                 for key, e in before.items()
                 if was[key][0] is EntryState.WRITTEN and e not in poisoned
             ]
+        elif self.durable and late and limit is not None:
+            assert counted == [e.message_id for e in late if e not in poisoned]
         else:
             assert counted == []
 
@@ -663,7 +685,7 @@ class MachineModel(RuleBasedStateMachine):
         self.inline = None
         if outcome in ("written", "then_lost"):
             live = e.state is not EntryState.DONE
-            self._call("written", lambda: m.written(gen, e, [e]))
+            self._call("written", lambda: m.written(gen, e, [e]), report=(gen, [e], True))
             self.sent += 1
             if live:
                 self._record_writes([e])
@@ -1018,8 +1040,13 @@ class MachineModel(RuleBasedStateMachine):
         self.batch = None
         if outcome in ("written", "then_lost"):
             live = [e for e in entries if e.state is not EntryState.DONE]
-            actions = self._call("written", lambda: m.written(gen, entries, entries))
-            assert actions == []
+            actions = self._call(
+                "written", lambda: m.written(gen, entries, entries), report=(gen, entries, True)
+            )
+            # Only a write reported after its connection's loss may count deliveries then.
+            assert all(type(a) in (CountDeliveries, Fail, Log, Forget) for a in actions)
+            if gen == m.generation:
+                assert actions == []
             self.sent += len(entries)
             self._record_writes(live)
             if gen == m.generation:
@@ -1041,10 +1068,10 @@ class MachineModel(RuleBasedStateMachine):
         back = [e for e in entries if e.state is EntryState.TAKEN]
         report = lambda: m.not_written(gen, owner, entries, error, self.now)  # noqa: E731
         if error is not None and m.is_current(gen) and m.status in LIVE:
-            self._call("lost", report)
+            self._call("lost", report, report=(gen, entries, False))
             assert m.status is D
         else:
-            actions = self._call("not_written", report)
+            actions = self._call("not_written", report, report=(gen, entries, False))
             assert actions == []
         for e in back:  # queued again first in line (or failed, if the loss gave up)
             assert e.state is not EntryState.TAKEN or not current
