@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import select
 import socket
 import ssl
@@ -121,7 +122,8 @@ def _closed_reason(exc: BaseException, *, aborted: bool) -> str:
 class Transport:
     """One open WebSocket connection.
 
-    Thread model: one reader thread calls :meth:`recv`; any threads may send (writes are
+    Thread model: one thread at a time reads (:meth:`recv`, :meth:`recv_within`: the
+    connection's reader thread, or a caller it lent its turn to); any threads may send (writes are
     serialised by the send lock, so frames never interleave); :meth:`abort` may be called from
     any thread at any time and wakes a ``recv()`` or send blocked in another thread. The reader
     never waits for a write nor for room in the socket buffer: it owes the server at most one
@@ -150,6 +152,8 @@ class Transport:
         # Serialises writes (data frames, the pong, the close frame): held around one write.
         self._send_lock = threading.Lock()
         self._poller: select.poll | None = None  # made once, under the send lock
+        self._read_poller: select.poll | None = None  # made once, by whoever reads
+        self.waiting = False  # recv_within() is waiting for data: nothing read is in hand
         # The payload of the one pong owed (None: none). Guarded by its own lock, never held
         # during I/O, so that taking it and a newer ping replacing it cannot cross.
         self._pong_lock = threading.Lock()
@@ -376,6 +380,21 @@ class Transport:
                 abort, or a breach of RFC 6455 by the server (``violation``: the connection was
                 failed with close code 1002, or 1007 for invalid UTF-8).
         """
+        message = self._receive(None)
+        assert message is not None  # no deadline: it waits until one arrives
+        return message
+
+    def recv_within(self, timeout: float) -> str | bytes | None:
+        """As :meth:`recv`, but None when no whole message arrived within ``timeout`` seconds.
+
+        A message that has only partly arrived stays buffered for the next call (of either
+        method), so whoever holds the turn to read can stop at any deadline. The wait for data
+        is the only place this method blocks; while in it, :attr:`waiting` is True, so that a
+        caller interrupted there (Ctrl-C) knows that nothing was read and lost.
+        """
+        return self._receive(time.monotonic() + timeout)
+
+    def _receive(self, deadline: float | None) -> str | bytes | None:
         if self._recv_closed is not None:
             raise self._again()
         if self._aborted:
@@ -388,6 +407,8 @@ class Transport:
                 if kind is str or kind is bytes:
                     return event  # type: ignore[return-value]  # narrowed by the type check
                 if event is None:
+                    if deadline is not None and not self._readable(deadline):
+                        return None
                     self._read_more()
                 elif kind is Ping:
                     self._owe_pong(event.payload)  # type: ignore[union-attr]  # a Ping
@@ -409,6 +430,21 @@ class Transport:
             lost = self._lost(exc)
             self._recv_closed = lost
             raise self._again() from exc
+
+    def _readable(self, deadline: float) -> bool:
+        """Wait until the socket has data (or an end) to read, at most until ``deadline``."""
+        sock = self._sock
+        pending = getattr(sock, "pending", None)  # TLS: bytes decrypted already, unseen by poll
+        if pending is not None and pending():
+            return True
+        poller = self._read_poller
+        if poller is None:
+            poller = self._read_poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+        self.waiting = True
+        ready = poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000)))
+        self.waiting = False
+        return bool(ready)
 
     def _read_more(self) -> None:
         size = self._read_size

@@ -183,8 +183,15 @@ class Engine:
         self._transports: dict[int, Transport] = {}
         self._opening: int | None = None  # generation of the open in flight
         self._readers: list[threading.Thread] = []
+        self._reader_objs: list[Reader] = []  # the connections' readers (the turn to read)
+        # Threads in send_and_wait (a reader parks for them); a set, so that leaving is
+        # idempotent whatever an interrupt skipped.
+        self.sync_waiters: set[threading.Thread] = set()
         self._threads: set[threading.Thread] = set()  # every thread this client started
-        self._resolving = 0  # futures being settled outside the lock (flush waits for them)
+        # Futures being settled outside the lock (flush waits for them): each Resolve/Fail
+        # drained and not yet carried out, by id, with the thread that drained it, so that a
+        # thread an interrupt struck between the two carries its own out (_recover_owed).
+        self._owed: dict[int, tuple[int, Action]] = {}
         self._closing = False
         self._close_runner: threading.Thread | None = None  # the thread running close()
         self._closed_event = threading.Event()
@@ -248,7 +255,21 @@ class Engine:
         """Carry out what can be done under the lock; return the rest. Caller holds self.lock."""
         later: _Later = []
         dispatch = self._dispatch
-        for action in self.machine.drain():
+        machine = self.machine
+        # The buffer is taken and every settlement in it recorded as owed before any Python
+        # call returns: an interrupt (Ctrl-C in a caller) from here on cannot lose a future.
+        # (Machine.drain() inlined: its return would be a point where an interrupt lands.)
+        actions = machine._actions
+        if not actions:
+            return later
+        machine._actions = []
+        machine._woken.clear()
+        owed = self._owed
+        ident = threading.get_ident()
+        for action in actions:
+            if type(action) is Resolve or type(action) is Fail:
+                owed[id(action)] = (ident, action)
+        for action in actions:
             match action:
                 case Wake.WRITER:
                     self._writer.wake()
@@ -256,8 +277,10 @@ class Engine:
                     self._timer.wake()
                 case Wake.WAITERS:
                     self._state_cv.notify_all()
+                case Wake.READER:
+                    for reader in self._reader_objs:
+                        reader.wake()
                 case Resolve() | Fail():
-                    self._resolving += 1
                     later.append(action)
                 case OnResponse(response=response):
                     if self._has_on_response:
@@ -296,10 +319,10 @@ class Engine:
         first interrupt is raised at the end.
         """
         interrupted: BaseException | None = None
-        settled = 0
+        settled: list[int] = []
         for action in later:
-            if isinstance(action, (Resolve, Fail)):
-                settled += 1
+            if type(action) is Resolve or type(action) is Fail:
+                settled.append(id(action))
             try:
                 self._carry_out_one(action)
             except Exception:
@@ -309,11 +332,22 @@ class Engine:
                     interrupted = exc
         if settled:
             with self.lock:
-                self._resolving -= settled
-                if not self._resolving:
+                owed = self._owed
+                for key in settled:
+                    owed.pop(key, None)
+                if not owed:
                     self._state_cv.notify_all()
         if interrupted is not None:
             raise interrupted
+
+    def _recover_owed(self) -> None:
+        """Carry out the settlements this thread drained and never carried out (an interrupt
+        struck in between); settling is idempotent. Caller does not hold the lock."""
+        ident = threading.get_ident()
+        with self.lock:
+            mine: _Later = [a for t, a in self._owed.values() if t == ident]
+        if mine:
+            self.carry_out(mine)
 
     def _carry_out_one(self, action: Action | _Teardown) -> None:
         match action:
@@ -353,6 +387,7 @@ class Engine:
                 self.machine.repair(self.clock(), owner)
             later = self.drain()
         self.carry_out(later)
+        self._recover_owed()
 
     def _settle(
         self, future: MessageFuture, response: Response | None, error: BaseException | None
@@ -422,6 +457,8 @@ class Engine:
                     name=f"wsync-reader-{self.number}.{generation}",
                 )
                 self._readers = [r for r in self._readers if r.is_alive()]
+                self._reader_objs = [r for r in self._reader_objs if r.thread.is_alive()]
+                self._reader_objs.append(reader)
                 self._threads = {t for t in self._threads if t.is_alive()}
                 inline = not _exit.start_thread(reader.thread)
                 if not inline:
@@ -601,6 +638,15 @@ class Engine:
         self.carry_out(later)
 
     def send(self, content: str, message_id: str | None) -> MessageFuture:
+        return self._send(content, message_id, None)[0].future
+
+    def _send(
+        self, content: str, message_id: str | None, lead: threading.Thread | None
+    ) -> tuple[Entry, Reader | None]:
+        """send(); with ``lead`` (send_and_wait: the calling thread), also take the turn to
+        read from a parked reader of the current connection, in the same step (before the
+        write can resume it), and count the caller among ``sync_waiters``: the caller ends
+        both with _end_wait()."""
         self._check_owned()
         mid = uuid4_text() if message_id is None else message_id
         text = protocol.encode_message_now(
@@ -614,8 +660,10 @@ class Engine:
             )
         entry = Entry(mid, text, MessageFuture(mid, self))
         if self._durable:
-            return self._send_durable(entry, content)
+            self._send_durable(entry, content)
+            return entry, None
         queued = False
+        lent: Reader | None = None
         try:
             with self.lock:
                 self._check_can_send(mid)
@@ -623,6 +671,9 @@ class Engine:
                 inline = self.machine.send(entry, self.clock(), inline=True)
                 generation = self.machine.generation
                 transport = self._transports.get(generation) if inline else None
+                if lead is not None:
+                    self.sync_waiters.add(lead)
+                    lent = self._lend(generation, lead)
                 later = self.drain()
             if later:
                 self.carry_out(later)
@@ -632,7 +683,26 @@ class Engine:
             if queued:
                 self._unsend(entry)
             raise
-        return entry.future
+        return entry, lent
+
+    def _lend(self, generation: int, caller: threading.Thread) -> Reader | None:
+        """The parked reader of connection ``generation``, its turn now ``caller``'s, or None.
+        Caller holds self.lock."""
+        for reader in self._reader_objs:
+            if reader.generation == generation:
+                return reader if reader.lend(caller) else None
+        return None
+
+    def _end_wait(self, me: threading.Thread) -> None:
+        """A send_and_wait caller leaves (however): no longer waiting, and any turn to read
+        lent to it given back. Idempotent."""
+        with self.lock:
+            self.sync_waiters.discard(me)
+            for reader in self._reader_objs:
+                reader.give_back(me)
+            owed = bool(self._owed)
+        if owed:
+            self._recover_owed()
 
     def _unsend(self, entry: Entry) -> None:
         """send() is leaving by an exception (Ctrl-C) after queueing: take the message back.
@@ -646,6 +716,7 @@ class Engine:
             machine.withdraw(entry.message_id, entry.future)
             later = self.drain()
         self.carry_out(later)
+        self._recover_owed()
 
     def _write_inline(self, generation: int, transport: Transport | None, entry: Entry) -> None:
         """The fast path: write a message from send()'s own thread, no thread hop.
@@ -736,23 +807,31 @@ class Engine:
     def send_and_wait(
         self, content: str, timeout: float | None, message_id: str | None
     ) -> Response:
-        future = self.send(content, message_id)
+        deadline = Deadline(timeout)
+        me = threading.current_thread()
         try:
-            return future.result(timeout)
+            entry, lent = self._send(content, message_id, me)
+            future = entry.future
+            if lent is not None:
+                # The reader was parked for us: read our own response in this thread.
+                lent.lead(entry, me, deadline.remaining())
+            return future.result(deadline.remaining())
         except concurrent.futures.TimeoutError:
             pass
+        finally:
+            self._end_wait(me)
         text = f"no response to message {future.message_id} within {timeout:g} s"
         try:
             with self.lock:
                 # Still queued: withdrawn, never sent. Written: never written again. The
                 # future fails in the same step.
-                entry = self.machine.time_out(future.message_id, lambda: ResponseTimeout(text))
+                gone = self.machine.time_out(future.message_id, lambda: ResponseTimeout(text))
                 later = self.drain()
         except BaseException as exc:
             self._step_failed(exc)
             raise
         self.carry_out(later)
-        if entry is None:
+        if gone is None:
             return future.result(0)  # answered (or failed) just now
         raise ResponseTimeout(text)
 
@@ -764,7 +843,7 @@ class Engine:
         machine = self.machine
         with self.lock:
             drained = self._state_cv.wait_for(
-                lambda: (not machine.pending and not self._resolving) or self._closing,
+                lambda: (not machine.pending and not self._owed) or self._closing,
                 deadline.remaining(),
             )
             if self._closing:
@@ -802,6 +881,8 @@ class Engine:
                 self._closing = True
                 self._writer.wake_all()
                 self._timer.wake_all()
+                for reader in self._reader_objs:
+                    reader.wake()
                 self._state_cv.notify_all()
             runner = self._close_runner
             if runner is None and not self._closed_event.is_set():

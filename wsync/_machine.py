@@ -74,6 +74,9 @@ class Wake(enum.Enum):
     WRITER = "writer"  # something to write
     TIMER = "timer"  # the next deadline moved
     WAITERS = "waiters"  # connect()/flush() waiters: the state or the ledger changed
+    # Something was written that the server answers (or the state changed): a reader that
+    # parked to lend the socket to a caller reads again at once, unless a caller reads.
+    READER = "reader"
 
 
 # --- actions: what the engine must do -----------------------------------------------------
@@ -275,6 +278,13 @@ class Machine:
     # --- queries ------------------------------------------------------------------------
 
     @property
+    def expecting(self) -> bool:
+        """Whether an answer is awaited on the connection: messages in flight or queued, or
+        a ping's pong."""
+        ledger = self.ledger
+        return bool(ledger.in_flight or ledger.queued or self._ping_sent_at is not None)
+
+    @property
     def closed(self) -> bool:
         return self.status is Status.CLOSED
 
@@ -373,6 +383,7 @@ class Machine:
         self._wake(Wake.WAITERS)
         self._wake(Wake.TIMER)
         self._wake(Wake.WRITER)
+        self._wake(Wake.READER)
 
     def _drop_connection(self, reason: str, *, blame: bool = False) -> None:
         """Forget the connection of ``generation``: its messages are queued again."""
@@ -838,7 +849,10 @@ class Machine:
 
     def written(self, generation: int, owner: object, entries: list[Entry]) -> None:
         """The write ``owner`` (a token from take_writes/send) put ``entries`` on the wire."""
-        counted = self.ledger.written(owner, entries, current=generation == self.generation)
+        current = generation == self.generation
+        counted = self.ledger.written(owner, entries, current=current)
+        if current:
+            self._wake(Wake.READER)  # answers (to messages, or a ping's pong) will follow
         if counted:
             # Written on a connection already lost: that loss counts for them now.
             limit = self.ledger.max_deliveries

@@ -33,6 +33,7 @@ Holding it means no I/O, no user code and no waiting.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -42,11 +43,11 @@ from typing import Any, Final, Protocol
 from wsync import protocol
 from wsync._connection import MalformedFrame, Transport, TransportClosed
 from wsync._errors import ConnectError, ProtocolError
-from wsync._ledger import Entry
+from wsync._ledger import Entry, EntryState
 from wsync._machine import Control, Machine
 from wsync._timers import Clock
 
-__all__ = ["Host", "MalformedLog", "Reader", "Timer", "Writer"]
+__all__ = ["PARK_GRACE", "Host", "MalformedLog", "Reader", "Timer", "Turn", "Writer"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Host(Protocol):
     machine: Machine
     clock: Clock
     client_id: str
+    sync_waiters: set[threading.Thread]  # callers in send_and_wait, waiting for a response
 
     @property
     def closing(self) -> bool: ...
@@ -257,8 +259,40 @@ class Timer(_Loop):
             host.carry_out(later)  # an Open is carried out here, bounded by connect_timeout
 
 
+class Turn(enum.Enum):
+    """Who reads a connection now (its :class:`Reader`'s turn to read)."""
+
+    READER = "reader"  # the reader thread (in recv(), or about to be)
+    PARKED = "parked"  # nobody: the reader thread waits, ready to lend it or to read again
+    LENT = "lent"  # a caller of send_and_wait reads until it has its response
+
+
+DONE: Final = EntryState.DONE
+
+# How long a parked reader waits for a caller to take its turn before reading again. While
+# parked nothing is owed to anyone: no message in flight or queued, no ping unanswered (a
+# write of any of these resumes it at once); only a frame the server sends unasked (its own
+# ping, an error, a close) waits for it, at most this long.
+PARK_GRACE: Final = 0.2
+
+
 class Reader:
     """The thread ``wsync-reader-<client>.<generation>``: reads one connection until it ends.
+
+    Leader/followers. A caller of ``send_and_wait`` that just wrote its message would
+    otherwise sleep until this thread reads the response and wakes it: one thread hop per
+    round trip, most of a loopback round trip's cost. So once a response to such a caller
+    leaves nothing in flight, this thread *parks* (:attr:`Turn.PARKED`) instead of reading
+    on, and the next ``send_and_wait`` that writes its message in its own thread takes the
+    turn (:meth:`lend`) and reads the socket itself (:meth:`lead`) until its response is
+    in, carrying out every frame exactly as this thread would (other threads' responses,
+    pongs, pings, errors, the connection's end); then it gives the turn back. A sequential
+    caller thus reads its own responses with no hop at all, while the guarantees hold:
+    nothing read is lost (the transport keeps partial frames for whoever reads next; an
+    interrupt outside the wait for data drops the connection, so every unanswered message
+    is sent again), no user code runs while reading (callbacks go to the callbacks thread),
+    and the thread reads again at once when anything else is expected (``Wake.READER``),
+    when the client closes, or :data:`PARK_GRACE` after it parked.
 
     Args:
         host: the engine.
@@ -277,14 +311,95 @@ class Reader:
         name: str,
     ) -> None:
         self._host = host
-        self._generation = generation
+        self.generation = generation
         self._transport = transport
         self._malformed_log = malformed
+        self._cv = threading.Condition(host.lock)
+        # The turn to read and how a parked reader resumes: guarded by the host's lock.
+        self.turn = Turn.READER
+        self.lender: threading.Thread | None = None  # the caller it is LENT to
+        self._leading = False  # the lender is in lead() (else it has yet to start)
+        self._lent_at = 0.0
+        self._parked_until = 0.0
+        self._resume = False
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def run_here(self) -> None:
         """Read the connection in the calling thread, until it ends (when no thread starts)."""
         self._main()
+
+    # --- the turn to read (every method here: caller holds the host's lock) --------------
+
+    def wake(self) -> None:
+        """Something is expected from the server, or the client closes: a parked reader
+        reads again at once (a caller reading keeps its turn)."""
+        if self.turn is Turn.PARKED:
+            self._resume = True
+            self._cv.notify()
+
+    def lend(self, caller: threading.Thread) -> bool:
+        """Give ``caller`` the turn to read, if this reader is parked (or lent to ``caller``
+        already: an interrupt may have kept it from giving it back)."""
+        if self._host.closing:
+            return False
+        if self.turn is not Turn.PARKED and not (
+            self.turn is Turn.LENT and self.lender is caller
+        ):
+            return False
+        self.turn = Turn.LENT
+        self.lender = caller
+        self._leading = False
+        self._lent_at = self._host.clock()
+        return True
+
+    def give_back(self, caller: threading.Thread) -> None:
+        """``caller`` is done reading (or never started): parked again, for a fresh grace
+        (the thread is not woken: the next caller may take the turn at once); read again at
+        once if anything is expected (other messages in flight, a ping, a closing client).
+        Idempotent: nothing happens unless the turn is lent to ``caller``."""
+        if self.turn is not Turn.LENT or self.lender is not caller:
+            return
+        host = self._host
+        self.lender = None
+        self._leading = False
+        self._park(host.clock())
+        if host.machine.expecting or host.closing:
+            self._resume = True
+            self._cv.notify()
+
+    def _park(self, now: float) -> None:
+        self.turn = Turn.PARKED
+        self._parked_until = now + PARK_GRACE
+        self._resume = False
+
+    def _take_turn(self) -> None:
+        """The reader thread waits while parked (until resumed or its grace ends) or lent."""
+        host = self._host
+        clock = host.clock
+        while True:
+            if self.turn is Turn.LENT:
+                lender = self.lender
+                if (
+                    lender is None
+                    or not lender.is_alive()
+                    or (not self._leading and clock() - self._lent_at >= PARK_GRACE)
+                ):
+                    # The caller never started reading (interrupted between taking the turn
+                    # and using it), or its thread is gone: the turn is taken back.
+                    self.lender = None
+                    break
+                self._cv.wait(PARK_GRACE)
+                continue
+            if self._resume or host.closing:
+                break
+            remaining = self._parked_until - clock()
+            if remaining <= 0:
+                break
+            self._cv.wait(remaining)
+        self.turn = Turn.READER
+        self._resume = False
+
+    # --- reading ------------------------------------------------------------------------------
 
     def _main(self) -> None:
         try:
@@ -295,46 +410,112 @@ class Reader:
             host = self._host
             error = ConnectError("internal error in the reader thread", phase="connection")
             with host.lock:
-                host.machine.on_connection_lost(self._generation, error, host.clock())
+                host.machine.on_connection_lost(self.generation, error, host.clock())
                 later = host.drain()
             host.carry_out(later)
 
     def _loop(self) -> None:
         host = self._host
-        lock = host.lock
-        machine = host.machine
-        clock = host.clock
         transport = self._transport
-        generation = self._generation
-        decode = protocol.decode
         while True:
+            if self.turn is not Turn.READER:  # only this thread parks itself
+                with host.lock:
+                    self._take_turn()
             try:
                 data = transport.recv()
             except MalformedFrame as exc:
                 self._malformed(str(exc))
                 continue
             except TransportClosed as exc:
-                lost = lost_error("connection lost", exc)
-                with lock:
-                    if exc.violation:
-                        machine.on_malformed()  # the server broke RFC 6455: we failed it
-                    machine.on_connection_lost(generation, lost, clock(), close_code=exc.close_code)
+                self._lost(exc)
+                return
+            if self._handle(data, park=True):
+                continue
+
+    def _handle(self, data: str | bytes, *, park: bool) -> bool:
+        """Carry out one message read from the connection; with ``park``, park the reader if
+        a ``send_and_wait`` caller was answered and nothing else is expected."""
+        if type(data) is not str:
+            self._malformed(f"binary frame of {len(data)} bytes")
+            return False
+        try:
+            frame = protocol.decode(data)
+        except ProtocolError as exc:
+            self._malformed(f"{exc} ({len(data)} characters)")
+            return False
+        host = self._host
+        with host.lock:
+            machine = host.machine
+            now = host.clock()
+            machine.on_frame(self.generation, frame, now)
+            later = host.drain()
+            if park and host.sync_waiters and not machine.expecting and not host.closing:
+                self._park(now)
+        if later:
+            host.carry_out(later)
+        return True
+
+    def _lost(self, exc: TransportClosed) -> None:
+        host = self._host
+        lost = lost_error("connection lost", exc)
+        with host.lock:
+            if exc.violation:
+                host.machine.on_malformed()  # the server broke RFC 6455: we failed it
+            host.machine.on_connection_lost(
+                self.generation, lost, host.clock(), close_code=exc.close_code
+            )
+            later = host.drain()
+        host.carry_out(later)
+
+    def lead(self, entry: Entry, me: threading.Thread, timeout: float | None) -> None:
+        """In the caller ``me`` that was :meth:`lend`-ed the turn: read until ``entry`` is
+        done (its future settled, here or by close()), the timeout, or the connection's end;
+        the turn is given back whatever happens.
+
+        An interrupt (Ctrl-C) while waiting for data loses nothing; anywhere else, bytes or
+        a frame may be in hand, so the connection is dropped: every unanswered message is
+        written again on the next one (at-least-once, as after any loss).
+        """
+        host = self._host
+        transport = self._transport
+        with host.lock:
+            if self.turn is not Turn.LENT or self.lender is not me:
+                return  # taken back meanwhile (this caller was too slow to start)
+            self._leading = True
+            deadline = None if timeout is None else host.clock() + timeout
+        safe = True
+        try:
+            while entry.state is not DONE:
+                wait = PARK_GRACE if deadline is None else deadline - host.clock()
+                if wait <= 0:
+                    return
+                safe = False
+                try:
+                    data = transport.recv_within(min(wait, PARK_GRACE))
+                except MalformedFrame as exc:
+                    self._malformed(str(exc))
+                    continue
+                except TransportClosed as exc:
+                    self._lost(exc)
+                    return
+                if data is not None:
+                    self._handle(data, park=False)
+                safe = True
+        except BaseException:
+            if not (safe or transport.waiting):
+                transport.abort()
+                error = ConnectError("a read was interrupted", phase="connection")
+                with host.lock:
+                    now = host.clock()
+                    host.machine.repair(now)  # the interrupt may have struck a step
+                    host.machine.on_connection_lost(self.generation, error, now)
                     later = host.drain()
                 host.carry_out(later)
-                return
-            if type(data) is not str:
-                self._malformed(f"binary frame of {len(data)} bytes")
-                continue
-            try:
-                frame = decode(data)
-            except ProtocolError as exc:
-                self._malformed(f"{exc} ({len(data)} characters)")
-                continue
-            with lock:
-                machine.on_frame(generation, frame, clock())
-                later = host.drain()
-            if later:
-                host.carry_out(later)
+            raise
+        finally:
+            transport.waiting = False
+            with host.lock:
+                self.give_back(me)
 
     def _malformed(self, reason: str) -> None:
         host = self._host

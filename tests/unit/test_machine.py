@@ -1226,7 +1226,7 @@ class TestQueueOrder:
         assert m.ledger.writer is entries
         assert (m.queued, m.in_flight) == (0, 1)
         m.written(gen, entries, entries)
-        assert m.drain() == []
+        assert m.drain() == [Wake.READER]  # answers will follow
         assert a.state is EntryState.WRITTEN
         assert a.written
         assert m.ledger.writer is None
@@ -1528,7 +1528,7 @@ class TestCancelWithdrawTimeOut:
         m.time_out("a", lambda: ResponseTimeout("x"))
         drain(m)
         m.written(gen, taken, taken)
-        assert m.drain() == []
+        assert m.drain() == [Wake.READER]  # answers will follow
         assert a.state is EntryState.DONE
         assert m.ledger.writer is None
         assert (m.queued, m.in_flight, m.sent) == (0, 0, 1)
@@ -1623,7 +1623,7 @@ class TestResponses:
         _, taken = m.take_writes(gen, T0)
         answer(m, gen, T0, a)
         m.written(gen, taken, taken)
-        assert m.drain() == []
+        assert m.drain() == [Wake.READER]  # answers will follow
         assert a.state is EntryState.DONE
         assert (m.queued, m.in_flight) == (0, 0)
 
@@ -2032,8 +2032,9 @@ class TestStats:
 
 
 class TestWakes:
-    def test_state_change_wakes_all_three_once(self) -> None:
-        """A transition wakes the waiters, the timer and the writer, right after its Notify."""
+    def test_state_change_wakes_all_four_once(self) -> None:
+        """A transition wakes the waiters, the timer, the writer and a parked reader, right
+        after its Notify."""
         m = make_machine()
         m.connect(T0)
         m.drain()
@@ -2043,6 +2044,7 @@ class TestWakes:
             Wake.WAITERS,
             Wake.TIMER,
             Wake.WRITER,
+            Wake.READER,
             Open(1, 10.0),
         ]
 
@@ -2078,7 +2080,7 @@ class TestWakes:
         m.send(entry("b"), T0)
         assert m.drain() == []
         m.written(gen, taken, taken)
-        assert m.drain() == [Wake.WRITER]
+        assert m.drain() == [Wake.READER, Wake.WRITER]
 
     def test_answer_in_serial_mode_wakes_writer(self) -> None:
         """While suspects are pending, each answer wakes the writer: the next one may go."""
