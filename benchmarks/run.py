@@ -1,11 +1,20 @@
-"""wsync benchmarks (issue 6): wsync side by side with raw websocket-client and websockets.
+"""wsync benchmarks (issues 6 and 15): wsync side by side with raw websocket-client and websockets.
 
 A report, not a test: it exits non-zero only when a benchmark fails to run, never because a
 target is missed. Run from the project root::
 
     python benchmarks/run.py              # the full run (a few minutes); writes BENCHMARKS.md
-    python benchmarks/run.py --quick      # a smoke run (well under 60 s); writes nothing
+    python benchmarks/run.py --quick      # a smoke run (about a minute); writes nothing
     python benchmarks/run.py --n 100000 --reps 7 --output /tmp/b.md
+    python benchmarks/run.py --only sequential,import --quick     # a subset, for quick checks
+
+Before/after: every figure goes to JSON with ``--json PATH``; ``--baseline PATH`` (such a JSON
+from an earlier run) adds a "before" column to the targets table, and the "no worse than before"
+targets are judged against it (``--tolerance``, 10 % by default). ``--wsync DIR`` measures the
+``wsync`` package of another checkout (e.g. ``git worktree add /tmp/before <commit>``)::
+
+    python benchmarks/run.py --wsync /tmp/before --json /tmp/before.json --output /tmp/before.md
+    python benchmarks/run.py --baseline /tmp/before.json --json /tmp/after.json
 
 What it does:
 
@@ -26,8 +35,11 @@ What it does:
     (``on_state_change``) to the last response;
   * reconnect: the server resets every connection; time from the reset to CONFIRMED, minus the
     backoff delay, for ``Backoff(initial=0)`` and ``Backoff(initial=0.02)``;
-  * memory per queued message (tracemalloc), RSS and threads per idle connected client, idle
-    CPU of a connected client: each in a fresh child process.
+  * memory per queued message (tracemalloc); 1,000 idle connected clients in one process
+    (threads with the first alone, then RSS and threads per client and the process's idle
+    CPU); idle CPU of one connected client: each in a fresh child process;
+  * ``import wsync`` (``benchmarks/import_time.py``, ``python -X importtime`` in fresh
+    interpreters, bytecode compiled).
 
 Medians over repetitions; ratios are ratios of medians. Nothing is pinned to a core: client and
 server share the machine's cores, as they would on a developer's laptop.
@@ -37,10 +49,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
 import platform
+import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,12 +65,13 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 # WSYNC_BENCH_PATH: a directory holding the ``wsync`` package to measure (a snapshot, so that
 # edits made to the working tree while a run is going on do not mix versions); default: ROOT.
 WSYNC_PATH = Path(os.environ.get("WSYNC_BENCH_PATH") or ROOT)
@@ -649,45 +665,128 @@ def child_memory(url: str, n: int) -> dict[str, Any]:
     }
 
 
-def child_rss(url: str, n: int) -> dict[str, Any]:
-    # Warm up: imports, one connection's lazily built structures, then gone.
-    with wsync_client(url):
-        pass
-    gc.collect()
-    time.sleep(0.2)
-    rss0, threads0, py0 = _rss(), _os_threads(), threading.active_count()
-    clients = []
-    for _ in range(n):
-        client = wsync.Client(url, heartbeat_interval=HEARTBEAT)
-        client.connect(timeout=10)
-        clients.append(client)
-    time.sleep(0.5)
-    gc.collect()
-    rss1, threads1, py1 = _rss(), _os_threads(), threading.active_count()
-    names: dict[str, int] = {}
+def _raise_nofile(need: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to ``need`` (at most the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _thread_roles() -> dict[str, int]:
+    """Live Python threads by name, numbering dropped (``wsync-reader-3.1`` -> ``wsync-reader``)."""
+    roles: dict[str, int] = {}
     for thread in threading.enumerate():
-        role = (
-            thread.name.rsplit("-", 1)[0] if thread.name.startswith("wsync-reader") else thread.name
+        role = re.sub(r"-[\d.]+$", "", thread.name)
+        roles[role] = roles.get(role, 0) + 1
+    return roles
+
+
+def _parallel(calls: list[Callable[[], Any]], deadline: float, workers: int = 32) -> None:
+    """Run ``calls`` on a short-lived pool (joined before returning); each bounded by ``deadline``.
+
+    Raises the first call's error, or TimeoutError if the pool is still busy at the deadline.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-pool") as pool:
+        futures = [pool.submit(call) for call in calls]
+        for future in futures:
+            future.result(max(0.0, deadline - time.monotonic()))
+
+
+def child_clients(url: str, n: int, idle_seconds: float) -> dict[str, Any]:
+    """``n`` idle connected clients in this process: RSS, OS threads, and the idle CPU of it all.
+
+    The first client connects alone: the threads of a process with one client (shared,
+    process-wide threads included) and the RSS it added (imports and lazily built structures
+    included) are read then. The other ``n - 1`` connect in parallel from a short-lived pool
+    (gone before anything is measured), every connect bounded: RSS per client is theirs
+    (marginal: lazy structures and process-wide threads already exist, and no thread reuses
+    a stack cached from an exited one), threads per client count every thread the process
+    gained since before the first client, divided by ``n``. The idle window (if any) measures
+    the whole process's CPU.
+    """
+    if n < 2:
+        raise ValueError("n must be at least 2")
+    _raise_nofile(2 * n + 256)
+    gc.collect()
+    rss_import, threads_import, modules_import = _rss(), _os_threads(), len(sys.modules)
+    clients = [wsync.Client(url, heartbeat_interval=HEARTBEAT)]
+    t0 = time.monotonic()
+    try:
+        clients[0].connect(timeout=10)
+        time.sleep(0.5)  # a benchmark, not a test: settle after the handshake
+        gc.collect()
+        rss0, threads0, modules0 = _rss(), _os_threads(), len(sys.modules)
+        roles_one = _thread_roles()
+        # Made after rss0: a client object is part of what a client costs.
+        clients += [wsync.Client(url, heartbeat_interval=HEARTBEAT) for _ in range(n - 1)]
+        budget = 30.0 + 0.05 * n
+        t0 = time.monotonic()
+        _parallel(
+            [functools.partial(c.connect, timeout=budget) for c in clients[1:]],
+            t0 + budget + 5,
+            workers=min(n, 32),
         )
-        names[role] = names.get(role, 0) + 1
-    for client in clients:
-        client.close(2)
-    return {
+        connect_seconds = time.monotonic() - t0
+        time.sleep(0.5)  # settle: handshakes done, nothing in flight
+        gc.collect()
+        rss1, threads1 = _rss(), _os_threads()
+        roles = _thread_roles()
+        out: dict[str, Any] = {}
+        if idle_seconds > 0:
+            tcpu0 = _thread_cpu()
+            cpu0 = _cpu()
+            time.sleep(idle_seconds)
+            cpu = _cpu() - cpu0
+            tcpu1 = _thread_cpu()
+            out = {
+                "idle_seconds": idle_seconds,
+                "idle_cpu_ms_per_10s": cpu / idle_seconds * 10 * 1000,
+                "idle_wsync_threads_ms_per_10s": _wsync_thread_cpu(tcpu0, tcpu1)
+                / idle_seconds
+                * 10
+                * 1000,
+            }
+    finally:
+        t1 = time.monotonic()
+        _parallel([functools.partial(c.close, 2) for c in clients], t1 + 60, workers=min(n, 32))
+        close_seconds = time.monotonic() - t1
+    return out | {
         "clients": n,
-        "rss_per_client": (rss1 - rss0) / n,
-        "threads_per_client": (threads1 - threads0) / n,
-        "py_threads_per_client": (py1 - py0) / n,
-        "thread_roles": names,
+        "connect_seconds": connect_seconds,
+        "close_seconds": close_seconds,
+        "rss_first_client": rss0 - rss_import,
+        "modules_imported_by_first_client": modules0 - modules_import,
+        "rss_per_client": (rss1 - rss0) / (n - 1),
+        "threads_one_client": threads0 - threads_import,
+        "thread_roles_one_client": roles_one,
+        "threads_total": threads1,
+        "threads_before_clients": threads_import,
+        "threads_per_client": (threads1 - threads_import) / n,
+        "thread_roles": roles,
     }
 
 
-def _thread_cpu() -> dict[str, float]:
-    """CPU seconds of every live thread (CLOCK_THREAD_CPUTIME_ID of each), by name."""
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    """Name and CPU seconds of every live thread (CLOCK_THREAD_CPUTIME_ID of each), by ident."""
     out = {}
     for thread in threading.enumerate():
         with contextlib.suppress(Exception):
-            out[thread.name] = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            assert thread.ident is not None
+            clock = time.pthread_getcpuclockid(thread.ident)
+            out[thread.ident] = (thread.name, time.clock_gettime(clock))
     return out
+
+
+def _wsync_thread_cpu(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> float:
+    """CPU seconds the ``wsync-*`` threads alive at both ends used in between."""
+    return sum(
+        cpu - before[ident][1]
+        for ident, (name, cpu) in after.items()
+        if name.startswith("wsync-") and ident in before
+    )
 
 
 def child_idle(url: str, seconds: float) -> dict[str, Any]:
@@ -702,22 +801,17 @@ def child_idle(url: str, seconds: float) -> dict[str, Any]:
         time.sleep(seconds)
         cpu = _cpu() - c0
         threads1 = _thread_cpu()
-    wsync_threads = sum(
-        threads1[name] - threads0[name]
-        for name in threads1
-        if name.startswith("wsync-") and name in threads0
-    )
     return {
         "seconds": seconds,
         "cpu_ms_per_10s": cpu / seconds * 10 * 1000,
         "bare_ms_per_10s": bare / seconds * 10 * 1000,
-        "wsync_threads_ms_per_10s": wsync_threads / seconds * 10 * 1000,
+        "wsync_threads_ms_per_10s": _wsync_thread_cpu(threads0, threads1) / seconds * 10 * 1000,
     }
 
 
-def run_child(kind: str, url: str, arg: float) -> dict[str, Any]:
+def run_child(kind: str, url: str, *args: float) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--url", url, "--arg", str(arg)],
+        [sys.executable, __file__, "--child", kind, "--url", url, "--arg", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -725,6 +819,55 @@ def run_child(kind: str, url: str, arg: float) -> dict[str, Any]:
     if result.returncode != 0:
         raise RuntimeError(f"child {kind} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+PEER_MODULES = ("websocket", "websockets.sync.client")
+
+
+def run_import(runs: int) -> dict[str, Any]:
+    """``import wsync`` and its peers, by ``import_time.py`` (or the stand-in) in a subprocess.
+
+    The measured wsync (the snapshot) goes first on PYTHONPATH; bytecode is compiled first and
+    PYTHONDONTWRITEBYTECODE is unset for the children (this machine sets it, and an import
+    that compiles every module is not what a user's second run pays). The children run in the
+    measured wsync's directory: ``python -c`` puts the working directory first on sys.path,
+    which from the project root would import the working tree's wsync instead.
+    """
+    script = HERE / "import_time.py"
+    fallback = not script.exists()
+    if fallback:
+        script = HERE / "_import_time_fallback.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(WSYNC_PATH), env.get("PYTHONPATH")) if p)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(WSYNC_PATH / "wsync")],
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    where = subprocess.run(  # also writes any missing bytecode of the dependencies
+        [sys.executable, "-c", f"import {', '.join(PEER_MODULES)}, wsync; print(wsync.__file__)"],
+        env=env,
+        cwd=WSYNC_PATH,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    if not Path(where).resolve().is_relative_to(WSYNC_PATH.resolve()):
+        raise RuntimeError(f"the import-time children import {where}, not {WSYNC_PATH}")
+    result = subprocess.run(
+        [sys.executable, str(script), "--runs", str(runs)],
+        env=env,
+        cwd=WSYNC_PATH,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{script.name} failed:\n{result.stderr[-3000:]}")
+    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data | {"script": script.name, "fallback": fallback}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -840,79 +983,154 @@ def run_sequential(server: Server, n: int, reps: int, warm: int) -> dict[str, An
             "ratio_p50": statistics.median(
                 [r["p50"] / b["p50"] for r, b in zip(stats_list, base, strict=True)]
             ),
+            "ratio_p99": statistics.median(
+                [r["p99"] / b["p99"] for r, b in zip(stats_list, base, strict=True)]
+            ),
         }
         for name, stats_list in runs.items()
     }
 
 
+SECTIONS = ("pipelined", "sequential", "flush", "reconnect", "memory", "idle", "import")
+
+
+def _sections(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(SECTIONS)}"
+        )
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="wsync benchmarks (issue 6)")
+    parser = argparse.ArgumentParser(description="wsync benchmarks (issues 6 and 15)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small N, one pass")
     parser.add_argument("--n", type=int, help="pipelined messages per run (default 50,000)")
     parser.add_argument("--reps", type=int, help="repetitions per contestant (default 5)")
     parser.add_argument("--seq-n", type=int, help="round trips per sequential block (1,000)")
     parser.add_argument("--seq-reps", type=int, help="sequential blocks per contestant (20)")
     parser.add_argument("--flush-n", type=int, help="messages queued for the flush (100,000)")
-    parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10)")
-    parser.add_argument("--clients", type=int, help="idle clients for RSS/threads (default 200)")
+    parser.add_argument("--idle-seconds", type=float, help="idle CPU windows (default 10)")
+    parser.add_argument(
+        "--clients", type=int, help="idle clients in one process for RSS/threads (default 1,000)"
+    )
+    parser.add_argument(
+        "--import-runs", type=int, help="fresh interpreters per module for import time (10)"
+    )
     parser.add_argument("--server", choices=("raw", "websockets"), default="raw")
+    parser.add_argument(
+        "--only",
+        type=_sections,
+        help=f"run only these sections, comma-separated ({', '.join(SECTIONS)}); "
+        "writes no report unless --output is given",
+    )
+    parser.add_argument("--json", help="also write every figure as JSON to this file")
+    parser.add_argument(
+        "--baseline",
+        help="a --json file of an earlier run: adds a 'before' column, and the 'no worse than "
+        "before' targets are judged against it",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.10,
+        help="how much worse than the baseline still counts as 'no worse' (default 0.10 = 10%%)",
+    )
+    parser.add_argument(
+        "--wsync",
+        help="measure the wsync package of this checkout (a directory holding wsync/, e.g. a git "
+        "worktree of an earlier commit) instead of this one",
+    )
     parser.add_argument(
         "--no-snapshot",
         action="store_true",
         help="measure wsync/ in place (default: a copy taken at the start, so that edits made "
         "during the run cannot mix versions)",
     )
-    parser.add_argument("--output", help="report file (default: BENCHMARKS.md; --quick: none)")
+    parser.add_argument(
+        "--output", help="report file (default: BENCHMARKS.md; --quick or --only: none)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--arg", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--arg", type=float, nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        kinds = {"memory": child_memory, "rss": child_rss, "idle": child_idle}
-        arg = args.arg if args.child == "idle" else int(args.arg)
-        print(json.dumps(kinds[args.child](args.url, arg)))
+        a = args.arg
+        children: dict[str, Callable[[], dict[str, Any]]] = {
+            "memory": lambda: child_memory(args.url, int(a[0])),
+            "clients": lambda: child_clients(args.url, int(a[0]), a[1]),
+            "idle": lambda: child_idle(args.url, a[0]),
+        }
+        print(json.dumps(children[args.child]()))
         return 0
 
     quick = args.quick
+    only = args.only or list(SECTIONS)
     n = args.n or (5_000 if quick else 50_000)
     reps = args.reps or (2 if quick else 5)
     seq_n = args.seq_n or (300 if quick else 1_000)
     seq_reps = args.seq_reps or (4 if quick else 20)
     flush_n = args.flush_n or (10_000 if quick else 100_000)
     idle_seconds = args.idle_seconds or (2.0 if quick else 10.0)
-    clients = args.clients or (50 if quick else 200)
+    clients = args.clients or 1_000
+    import_runs = args.import_runs or (3 if quick else 10)
     warm = max(500, n // 10)
     flush_reps = 1 if quick else 3
     reconnect_reps = 5 if quick else 20
-    output = args.output or (None if quick else str(ROOT / "BENCHMARKS.md"))
+    output = args.output or (None if quick or args.only else str(ROOT / "BENCHMARKS.md"))
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    baseline = None
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text())
+        if "results" not in baseline:
+            parser.error(f"{args.baseline} is not a --json file of run.py")
 
-    source = _describe_source()
-    if not args.no_snapshot and "WSYNC_BENCH_PATH" not in os.environ:
-        # Re-run this script on a copy of wsync/ taken now (children inherit the variable).
+    if "WSYNC_BENCH_PATH" not in os.environ:
+        measured = Path(args.wsync).resolve() if args.wsync else ROOT
+        if not (measured / "wsync" / "__init__.py").is_file():
+            parser.error(f"no wsync package in {measured}")
+        source = _describe_source(measured)
+        # Re-run this script on a copy of wsync/ taken now (children inherit the variable);
+        # --no-snapshot: on the package in place.
         import shutil
         import tempfile
 
-        snapshot = tempfile.mkdtemp(prefix="wsync-bench-")
-        shutil.copytree(WSYNC_PATH / "wsync", Path(snapshot) / "wsync")
-        env = dict(os.environ, WSYNC_BENCH_PATH=snapshot, WSYNC_BENCH_SOURCE=source)
+        snapshot = None if args.no_snapshot else tempfile.mkdtemp(prefix="wsync-bench-")
+        if snapshot:
+            shutil.copytree(
+                measured / "wsync",
+                Path(snapshot) / "wsync",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        env = dict(
+            os.environ, WSYNC_BENCH_PATH=snapshot or str(measured), WSYNC_BENCH_SOURCE=source
+        )
         forwarded = sys.argv[1:] if argv is None else argv
         try:
             return subprocess.call([sys.executable, __file__, *forwarded], env=env)
         finally:
-            shutil.rmtree(snapshot, ignore_errors=True)
-    source = os.environ.get("WSYNC_BENCH_SOURCE", source)
+            if snapshot:
+                shutil.rmtree(snapshot, ignore_errors=True)
+    source = os.environ.get("WSYNC_BENCH_SOURCE") or _describe_source(WSYNC_PATH)
     started = time.perf_counter()
     load_before = os.getloadavg()
+    if clients < 2:
+        parser.error("--clients must be at least 2")
+    _raise_nofile(2 * clients + 256)  # inherited by the server and the children
     report = Report()
     server = Server(args.server)
     try:
-        print(f"server ({args.server}) on {server.url}; N={n}, reps={reps}", flush=True)
-        report.section("pipelined", lambda: run_pipelined(server, n, reps, warm))
-        report.section(
-            "sequential", lambda: run_sequential(server, seq_n, seq_reps, max(200, seq_n))
-        )
+        print(f"server ({args.server}) on {server.url}; N={n}, reps={reps}; {source}", flush=True)
+        if "pipelined" in only:
+            report.section("pipelined", lambda: run_pipelined(server, n, reps, warm))
+        if "sequential" in only:
+            report.section(
+                "sequential", lambda: run_sequential(server, seq_n, seq_reps, max(200, seq_n))
+            )
 
         def flush() -> dict[str, Any]:
             runs = []
@@ -930,7 +1148,8 @@ def main(argv: list[str] | None = None) -> int:
                 "rates": [r["rate"] for r in runs]
             }
 
-        report.section("queue flush", flush)
+        if "flush" in only:
+            report.section("queue flush", flush)
 
         def reconnects() -> dict[str, Any]:
             out = {"floor": fresh_connection_floor(server, reconnect_reps)}
@@ -947,34 +1166,69 @@ def main(argv: list[str] | None = None) -> int:
                 out[f"initial={initial:g}"] = result
             return out
 
-        report.section("reconnect", reconnects)
-        report.section("memory", lambda: run_child("memory", server.url, 10_000))
-        report.section("rss", lambda: run_child("rss", server.url, clients))
-        report.section("idle cpu", lambda: run_child("idle", server.url, idle_seconds))
+        if "reconnect" in only:
+            report.section("reconnect", reconnects)
+        if "memory" in only:
+            report.section("memory", lambda: run_child("memory", server.url, 10_000))
+
+        def many_clients() -> dict[str, Any]:
+            result = run_child("clients", server.url, clients, idle_seconds)
+            print(
+                f"    {clients:,} clients: connected in {result['connect_seconds']:.1f} s, "
+                f"{result['rss_per_client'] / 1024:.1f} KiB RSS and "
+                f"{result['threads_per_client']:.2f} threads per client "
+                f"({result['threads_one_client']} with one client), idle CPU "
+                f"{result['idle_cpu_ms_per_10s']:.2f} ms / 10 s",
+                flush=True,
+            )
+            return result
+
+        if "idle" in only:
+            report.section("idle clients", many_clients)
+            report.section("idle cpu", lambda: run_child("idle", server.url, idle_seconds))
     finally:
         server.stop()
+    if "import" in only:
+        report.section("import", lambda: run_import(import_runs))
     elapsed = time.perf_counter() - started
-    text = render(
-        report,
-        command=command,
-        load=(load_before, os.getloadavg()),
-        quick=quick,
-        elapsed=elapsed,
-        n=n,
-        reps=reps,
-        seq_n=seq_n,
-        seq_reps=seq_reps,
-        flush_n=flush_n,
-        clients=clients,
-        idle_seconds=idle_seconds,
-        server_impl=args.server,
-        source=source,
-    )
+    info = {
+        "command": command,
+        "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "load": (load_before, os.getloadavg()),
+        "quick": quick,
+        "only": args.only,
+        "elapsed": elapsed,
+        "n": n,
+        "reps": reps,
+        "seq_n": seq_n,
+        "seq_reps": seq_reps,
+        "flush_n": flush_n,
+        "clients": clients,
+        "idle_seconds": idle_seconds,
+        "import_runs": import_runs,
+        "server_impl": args.server,
+        "source": source,
+        "versions": _versions(),
+        "tolerance": args.tolerance,
+        "baseline_path": args.baseline,
+    }
+    rows = _target_rows(report.results, baseline, args.tolerance)
+    text = render(report, rows, baseline, **info)
     print()
     print(text)
     if output:
         Path(output).write_text(text)
         print(f"written to {output}")
+    if args.json:
+        document = {
+            "info": info,
+            "figures": _figures(report.results),
+            "targets": [dict(zip(ROW_KEYS, row, strict=True)) for row in rows],
+            "results": report.results,
+            "errors": report.errors,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
+        print(f"figures written to {args.json}")
     if report.errors:
         print(f"{len(report.errors)} benchmark(s) failed", file=sys.stderr)
         return 1
@@ -985,18 +1239,18 @@ def main(argv: list[str] | None = None) -> int:
 # The report
 
 
-def _describe_source() -> str:
-    """Which wsync is measured: the commit, and whether wsync/ differs from it (read-only git)."""
+def _describe_source(path: Path) -> str:
+    """Which wsync is measured: the commit of ``path``, and whether its wsync/ differs from it."""
     try:
         commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "wsync"],
+            ["git", "-C", str(path), "status", "--porcelain", "--", "wsync"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -1015,148 +1269,332 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _versions() -> dict[str, str]:
+    return {
+        "python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "wsync": wsync.__version__,
+        "websocket-client": websocket.__version__,
+        "websockets": websockets.__version__,
+        "attrs": _version("attrs"),
+        "cattrs": _version("cattrs"),
+    }
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def _target_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(metric, measured, target, ratio, verdict) for every target of the issue."""
-    rows = []
-    pipe, seq, flush = r.get("pipelined"), r.get("sequential"), r.get("queue flush")
+def _figures(r: dict[str, Any]) -> dict[str, float]:
+    """Every headline figure of a run, flat, named with its unit (also the JSON's "figures")."""
+    f: dict[str, float] = {}
+    pipe = r.get("pipelined")
     if pipe:
-        w = pipe["wsync"]["rate"]
-        for name, factor in (("websockets sync", 1.0), ("websocket-client", 1.5)):
-            other = pipe[name]["rate"]
-            ratio = pipe["wsync"]["ratio"][name]
-            rows.append(
-                (
-                    f"pipelined throughput vs {name}",
-                    _fmt_rate(w),
-                    f">= {factor:.1f}x {name} ({_fmt_rate(other)})",
-                    f"{ratio:.2f}x",
-                    _verdict(ratio >= factor),
-                )
-            )
+        for name in ("wsync", "websockets sync", "websocket-client"):
+            f[f"pipelined {name} msg/s"] = pipe[name]["rate"]
+            f[f"pipelined {name} client CPU us/msg"] = pipe[name]["client_cpu_us"]
+        f["pipelined wsync / websockets sync"] = pipe["wsync"]["ratio"]["websockets sync"]
+        f["pipelined wsync / websocket-client"] = pipe["wsync"]["ratio"]["websocket-client"]
+    seq = r.get("sequential")
     if seq:
-        s, sc = seq["wsync"]["p50"], seq["websocket-client"]["p50"]
-        ratio = seq["wsync"]["ratio_p50"]
-        rows.append(
-            (
-                "sequential send_and_wait p50",
-                _us(s),
-                f"<= 1.2x websocket-client p50 ({_us(sc)})",
-                f"{ratio:.2f}x",
-                _verdict(ratio <= 1.2),
-            )
-        )
-    if flush and pipe:
-        ratio = flush["rate"] / pipe["wsync"]["rate"]
-        rows.append(
-            (
-                "queue flush, CONFIRMED -> last response",
-                _fmt_rate(flush["rate"]),
-                f">= 0.9x wsync pipelined ({_fmt_rate(pipe['wsync']['rate'])})",
-                f"{ratio:.2f}x",
-                _verdict(ratio >= 0.9),
-            )
-        )
+        for name in ("wsync", "websocket-client", "websockets sync"):
+            f[f"sequential {name} p50 us"] = seq[name]["p50"] * 1e6
+            f[f"sequential {name} p99 us"] = seq[name]["p99"] * 1e6
+        f["sequential wsync p50 / websocket-client p50"] = seq["wsync"]["ratio_p50"]
+        if "ratio_p99" in seq["wsync"]:
+            f["sequential wsync p99 / websocket-client p99"] = seq["wsync"]["ratio_p99"]
+    flush = r.get("queue flush")
+    if flush:
+        f["queue flush msg/s"] = flush["rate"]
     for key, v in (r.get("reconnect") or {}).items():
         if key.startswith("initial="):
-            o = v["overhead_p50"]
-            rows.append(
-                (
-                    f"reconnect overhead p50, Backoff({key})",
-                    f"{o * 1e3:.2f} ms",
-                    "< 5 ms beyond the backoff delay",
-                    f"{o / 0.005:.2f}x",
-                    _verdict(o < 0.005),
-                )
-            )
+            f[f"reconnect overhead p50 ms, {key}"] = v["overhead_p50"] * 1e3
     mem = r.get("memory")
     if mem:
-        m = mem["per_message_with_content"]
-        rows.append(
-            (
-                "memory per queued message",
-                f"{m:,.0f} B",
-                "<= 2 KiB (100-byte content, future included)",
-                f"{m / 2048:.2f}x",
-                _verdict(m <= 2048),
-            )
-        )
-    rss = r.get("rss")
-    if rss:
-        v, t = rss["rss_per_client"], rss["threads_per_client"]
-        rows.append(
-            (
-                "RSS per idle connected client",
-                f"{v / 1024:,.1f} KiB",
-                "<= 64 KiB",
-                f"{v / 65536:.2f}x",
-                _verdict(v <= 65536),
-            )
-        )
-        rows.append(
-            (
-                "threads per idle connected client",
-                f"{t:.2f}",
-                "<= 4",
-                f"{t / 4:.2f}x",
-                _verdict(t <= 4),
-            )
-        )
+        f["memory per queued message B"] = mem["per_message_with_content"]
+    many = r.get("idle clients")
+    if many:
+        f["idle clients"] = many["clients"]
+        f["idle client RSS KiB, many clients"] = many["rss_per_client"] / 1024
+        f["idle client RSS KiB, first client"] = many["rss_first_client"] / 1024
+        f["idle client threads, 1 client"] = many["threads_one_client"]
+        f["idle client threads, many clients"] = many["threads_per_client"]
+        f["idle clients: threads in the process"] = many["threads_total"]
+        f["idle clients: process idle CPU ms/10s"] = many["idle_cpu_ms_per_10s"]
+        f["idle clients: connect s"] = many["connect_seconds"]
     idle = r.get("idle cpu")
     if idle:
-        c = idle["cpu_ms_per_10s"]
-        rows.append(
-            (
-                "idle CPU of a connected client (whole process)",
-                f"{c:.3f} ms / 10 s",
-                "<= 1 ms / 10 s besides heartbeats",
-                f"{c:.2f}x",
-                _verdict(c <= 1.0),
-            )
+        f["idle CPU ms/10s, 1 client"] = idle["cpu_ms_per_10s"]
+    imp = r.get("import")
+    if imp:
+        for name in ("wsync", "websocket-client", "websockets sync"):
+            f[f"import {name} ms"] = imp[name]
+    return f
+
+
+ROW_KEYS = ("metric", "before", "measured", "target", "ratio", "verdict")
+Row = tuple[str, "str | None", str, str, str, str]
+
+
+def _target_rows(r: dict[str, Any], baseline: dict[str, Any] | None, tolerance: float) -> list[Row]:
+    """(metric, before, measured, target, ratio, verdict) for every target of issues 6 and 15.
+
+    ``before`` is None without a baseline. "No worse than before" targets are judged against
+    the baseline with ``tolerance`` (plus an absolute slack for figures so small that a
+    fraction of them is below the machine's noise); without one, against issue 6's limits.
+    """
+    f = _figures(r)
+    b = _figures(baseline["results"]) if baseline else {}
+    rows: list[Row] = []
+
+    def before(key: str, fmt: Callable[[float], str], ratio_key: str | None) -> str | None:
+        if baseline is None:
+            return None
+        if key not in b:
+            return "—"
+        return fmt(b[key]) + (f" ({b[ratio_key]:.2f}x)" if ratio_key and ratio_key in b else "")
+
+    def add(
+        metric: str,
+        key: str,
+        fmt: Callable[[float], str],
+        target: str,
+        ratio: str,
+        verdict: str,
+        ratio_key: str | None = None,
+    ) -> None:
+        rows.append((metric, before(key, fmt, ratio_key), fmt(f[key]), target, ratio, verdict))
+
+    def relative(
+        metric: str, key: str, fmt: Callable[[float], str], ratio_key: str, peer: str, limit: float
+    ) -> None:
+        """A target relative to a peer measured in the same run (``limit`` > 1: at least)."""
+        if key not in f or ratio_key not in f:
+            return
+        ratio, higher = f[ratio_key], limit > 1
+        add(
+            metric,
+            key,
+            fmt,
+            f"{'>=' if higher else '<='} {limit:.1f}x {peer} ({fmt(f[peer_key[peer]])})",
+            f"{ratio:.2f}x",
+            _verdict(ratio >= limit if higher else ratio <= limit),
+            ratio_key,
         )
+
+    def absolute(metric: str, key: str, fmt: Callable[[float], str], limit: float) -> None:
+        if key in f:
+            v = f[key]
+            add(metric, key, fmt, f"<= {fmt(limit)}", f"{v / limit:.2f}x", _verdict(v <= limit))
+
+    def no_worse(
+        metric: str,
+        key: str,
+        fmt: Callable[[float], str],
+        *,
+        higher: bool = False,
+        slack: float = 0.0,
+        fallback: tuple[str, float, float] | None = None,
+    ) -> None:
+        """No worse than the baseline; without one, ``fallback`` or none.
+
+        ``fallback``: (target text, limit, what the ratio column divides by).
+        """
+        if key not in f:
+            return
+        v = f[key]
+        if key in b:
+            limit = b[key] * (1 - tolerance) - slack if higher else b[key] * (1 + tolerance) + slack
+            allowed = f"{tolerance:.0%}" + (f" or {fmt(slack)}" if slack else "")
+            target = f"no worse than before ({allowed}): {'>=' if higher else '<='} {fmt(limit)}"
+            add(
+                metric,
+                key,
+                fmt,
+                target,
+                f"{v / b[key]:.2f}x before",
+                _verdict(v >= limit if higher else v <= limit),
+            )
+        elif fallback:
+            text, limit, unit = fallback
+            ok = v >= limit if higher else v <= limit
+            add(metric, key, fmt, text, f"{v / unit:.2f}x", _verdict(ok))
+        else:
+            add(metric, key, fmt, "no worse than before (needs --baseline)", "—", "written down")
+
+    peer_key = {
+        "websocket-client p50": "sequential websocket-client p50 us",
+        "websocket-client p99": "sequential websocket-client p99 us",
+        "websockets sync": "pipelined websockets sync msg/s",
+        "websocket-client": "pipelined websocket-client msg/s",
+    }
+
+    def us(x: float) -> str:
+        return f"{x:,.0f} µs"
+
+    def us1(x: float) -> str:
+        return f"{x:,.1f} µs"
+
+    def ms(x: float) -> str:
+        return f"{x:,.2f} ms"
+
+    def kib(x: float) -> str:
+        return f"{x:,.1f} KiB"
+
+    def count(x: float) -> str:
+        return f"{x:,.2f}"
+
+    rate = _fmt_rate
+    relative(
+        "sequential send_and_wait p50",
+        "sequential wsync p50 us",
+        us,
+        "sequential wsync p50 / websocket-client p50",
+        "websocket-client p50",
+        1.0,
+    )
+    relative(
+        "sequential send_and_wait p99",
+        "sequential wsync p99 us",
+        us,
+        "sequential wsync p99 / websocket-client p99",
+        "websocket-client p99",
+        1.0,
+    )
+    for peer in ("websockets sync", "websocket-client"):
+        relative(
+            f"pipelined throughput vs {peer}",
+            "pipelined wsync msg/s",
+            rate,
+            f"pipelined wsync / {peer}",
+            peer,
+            1.5,
+        )
+    if "pipelined wsync client CPU us/msg" in f:
+        peer_cpu = f["pipelined websockets sync client CPU us/msg"]
+        no_worse(
+            f"client CPU per pipelined message, every thread (websockets sync: {us1(peer_cpu)})",
+            "pipelined wsync client CPU us/msg",
+            us1,
+        )
+    n = int(f.get("idle clients", 0))
+    absolute(
+        f"RSS per idle connected client ({n:,} in one process)",
+        "idle client RSS KiB, many clients",
+        kib,
+        40,
+    )
+    absolute(
+        "threads per idle connected client, a single client",
+        "idle client threads, 1 client",
+        count,
+        2,
+    )
+    absolute(
+        f"threads per idle connected client, {n:,} clients (process-wide threads shared)",
+        "idle client threads, many clients",
+        count,
+        2,
+    )
+    no_worse(
+        f"idle CPU of the process with {n:,} idle clients",
+        "idle clients: process idle CPU ms/10s",
+        lambda x: f"{x:,.2f} ms / 10 s",
+        slack=0.5,
+    )
+    if "import wsync ms" in f:
+        absolute("`import wsync`", "import wsync ms", lambda x: f"{x:,.0f} ms", 50)
+    pipelined = f.get("pipelined wsync msg/s")
+    no_worse(
+        "queue flush, CONFIRMED -> last response",
+        "queue flush msg/s",
+        rate,
+        higher=True,
+        fallback=(f">= 0.9x wsync pipelined ({rate(pipelined)})", 0.9 * pipelined, pipelined)
+        if pipelined
+        else None,
+    )
+    for key in sorted(k for k in f if k.startswith("reconnect overhead p50 ms, ")):
+        initial = key.rsplit(", ", 1)[1]
+        no_worse(
+            f"reconnect overhead p50, Backoff({initial})",
+            key,
+            ms,
+            slack=0.3,
+            fallback=("< 5 ms beyond the backoff delay", 5.0, 5.0),
+        )
+    no_worse(
+        "memory per queued message",
+        "memory per queued message B",
+        lambda x: f"{x:,.0f} B",
+        fallback=("<= 2 KiB (100-byte content, future included)", 2048, 2048),
+    )
+    no_worse(
+        "idle CPU of one connected client (whole process)",
+        "idle CPU ms/10s, 1 client",
+        lambda x: f"{x:.3f} ms / 10 s",
+        slack=0.25,
+        fallback=("<= 1 ms / 10 s besides heartbeats", 1.0, 1.0),
+    )
     return rows
 
 
-def render(report: Report, **info: Any) -> str:
+def render(report: Report, rows: list[Row], baseline: dict[str, Any] | None, **info: Any) -> str:
     r = report.results
     load0, load1 = info["load"][0][0], info["load"][1][0]
     cores = os.cpu_count() or 1
     busy = max(load0, load1) > cores
+    ver = info["versions"]
     lines = [
         "# wsync benchmarks",
         "",
-        "Generated by `benchmarks/run.py` (issue 6); do not edit by hand, re-run it. A report,",
-        "not a test: a missed target does not fail the run. Numbers from another machine do not",
-        "transfer; compare the ratios, which are measured side by side in the same run.",
+        "Generated by `benchmarks/run.py` (issues 6 and 15); do not edit by hand, re-run it. A",
+        "report, not a test: a missed target does not fail the run. Numbers from another machine",
+        "do not transfer; compare the ratios, which are measured side by side in the same run.",
         "",
         f"- command: `{info['command'].strip()}`"
-        + (" (smoke run: small N, not a result)" if info["quick"] else ""),
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; the run took "
-        f"{info['elapsed']:.0f} s",
+        + (" (smoke run: small N, not a result)" if info["quick"] else "")
+        + (" (a subset of the sections)" if info["only"] else ""),
+        f"- date: {info['date']}; the run took {info['elapsed']:.0f} s",
         f"- machine: {cores} cores (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}, "
         f"{platform.system()} {platform.release()}; load average (1 min) {load0:.2f} before, "
         f"{load1:.2f} after"
         + (": **other work shared the machine, expect noise**" if busy else ""),
         f"- wsync measured: {info['source']} (a copy taken when the run started)",
-        f"- Python {platform.python_version()} ({platform.python_implementation()}); wsync "
-        f"{wsync.__version__}, websocket-client {websocket.__version__}, websockets "
-        f"{websockets.__version__}, attrs {_version('attrs')}, cattrs {_version('cattrs')}",
+        f"- Python {ver['python']}; wsync {ver['wsync']}, websocket-client "
+        f"{ver['websocket-client']}, websockets {ver['websockets']}, attrs {ver['attrs']}, "
+        f"cattrs {ver['cattrs']}",
         f"- server: `benchmarks/bench_server.py --impl {info['server_impl']}` in its own process, "
         "loopback",
         f"- sizes: {info['n']:,} pipelined messages x {info['reps']} repetitions; "
         f"{info['seq_reps']} blocks of {info['seq_n']:,} sequential round trips; a flush of "
-        f"{info['flush_n']:,}; {info['clients']} idle clients; idle window "
-        f"{info['idle_seconds']:g} s",
-        "",
-        "## Targets",
-        "",
-        "| metric | measured | target | ratio | verdict |",
-        "| --- | --- | --- | --- | --- |",
+        f"{info['flush_n']:,}; {info['clients']:,} idle clients in one process; idle windows "
+        f"{info['idle_seconds']:g} s; import time over {info['import_runs']} fresh interpreters "
+        "per module",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in _target_rows(r)]
+    if baseline is not None:
+        bi = baseline.get("info", {})
+        lines.append(
+            f"- before: {bi.get('source', '?')}, run {bi.get('date', '?')} "
+            f"(`{str(bi.get('command', '?')).strip()}`), from `{info['baseline_path']}`; "
+            f'"no worse than before" allows {info["tolerance"]:.0%} (plus the slack the target '
+            "names for figures below the machine's noise)"
+        )
+    lines += ["", "## Targets", ""]
+    if baseline is not None:
+        lines += [
+            "Before: the same figure from the baseline run (for a ratio target, its ratio in "
+            "brackets).",
+            "",
+            "| metric | before | measured | target | ratio | verdict |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [f"| {m} | {bf} | {x} | {t} | {q} | {d} |" for m, bf, x, t, q, d in rows]
+    else:
+        lines += [
+            "| metric | measured | target | ratio | verdict |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [f"| {m} | {x} | {t} | {q} | {d} |" for m, _, x, t, q, d in rows]
     pipe = r.get("pipelined")
     if pipe:
         lines += [
@@ -1202,13 +1640,15 @@ def render(report: Report, **info: Any) -> str:
             "row is not a contestant: the least a design with a reader thread can do (the caller",
             "sends, a reader thread resolves a `Future`: one thread hop).",
             "",
-            "| client | p50 | p99 | mean | p50 / websocket-client p50 | p50 of each block |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| client | p50 | p99 | mean | p50 / websocket-client p50 "
+            "| p99 / websocket-client p99 | p50 of each block |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, v in seq.items():
             lines.append(
                 f"| {name} | {_us(v['p50'])} | {_us(v['p99'])} | {_us(v['mean'])} "
-                f"| {v['ratio_p50']:.2f}x | {', '.join(f'{x * 1e6:.0f}' for x in v['p50s'])} |"
+                f"| {v['ratio_p50']:.2f}x | {v['ratio_p99']:.2f}x "
+                f"| {', '.join(f'{x * 1e6:.0f}' for x in v['p50s'])} |"
             )
     flush = r.get("queue flush")
     if flush:
@@ -1247,8 +1687,9 @@ def render(report: Report, **info: Any) -> str:
                     f"| {v['overhead_max'] * 1e3:.2f} ms | {v['noticed_p50'] * 1e3:.2f} ms "
                     f"| {v['reps']} |"
                 )
-    mem, rss, idle = r.get("memory"), r.get("rss"), r.get("idle cpu")
-    if mem or rss or idle:
+    mem, idle = r.get("memory"), r.get("idle cpu")
+    many = r.get("idle clients")
+    if mem or many or idle:
         lines += ["", "## Memory, threads, idle CPU", ""]
     if mem:
         if abs(mem["per_message_with_content"] - mem["per_message"]) < 8:
@@ -1273,12 +1714,24 @@ def render(report: Report, **info: Any) -> str:
         ]
         lines += [f"| {t['where']} | {t['per_message']:.0f} |" for t in mem["top"]]
         lines.append("")
-    if rss:
-        roles = ", ".join(f"{k} {v}" for k, v in sorted(rss["thread_roles"].items()))
+    if many:
+        n = many["clients"]
         lines += [
-            f"{rss['clients']} idle connected clients in one process: "
-            f"{rss['rss_per_client'] / 1024:.1f} KiB RSS and {rss['threads_per_client']:.2f} OS "
-            f"threads per client (threads by name: {roles}).",
+            f"{n:,} idle connected clients in one process. The first connects alone: with it the "
+            f"process has {many['threads_one_client']} OS threads more than before (threads by "
+            f"name: {_roles(many['thread_roles_one_client'])}), and "
+            f"{many['rss_first_client'] / 1024:,.1f} KiB more RSS (its connect imported "
+            f"{many.get('modules_imported_by_first_client', '?')} more modules; lazily built "
+            "structures and the new threads' malloc arenas count too). "
+            f"The other {n - 1:,} connect in parallel from a pool of 32 "
+            f"short-lived threads ({many['connect_seconds']:.1f} s; closing all took "
+            f"{many['close_seconds']:.1f} s): {many['rss_per_client'] / 1024:.1f} KiB RSS each "
+            f"(marginal), and {many['threads_per_client']:.2f} OS threads per client counting "
+            f"every thread the process gained, {many['threads_total']:,} OS threads in the "
+            f"process (threads by name: {_roles(many['thread_roles'])}). Idle CPU of the whole "
+            f"process over {many['idle_seconds']:g} s: {many['idle_cpu_ms_per_10s']:.2f} ms per "
+            f"10 s, of which the `wsync-*` threads used "
+            f"{many['idle_wsync_threads_ms_per_10s']:.2f} ms (per-thread CPU clocks).",
             "",
         ]
     if idle:
@@ -1289,6 +1742,33 @@ def render(report: Report, **info: Any) -> str:
             f"threads used {idle['wsync_threads_ms_per_10s']:.3f} ms (per-thread CPU clocks); "
             f"the same process before the client: {idle['bare_ms_per_10s']:.3f} ms per 10 s.",
         ]
+    imp = r.get("import")
+    if imp:
+        lines += [
+            "",
+            "## Import time",
+            "",
+            f"`python -X importtime -c 'import X'` in fresh interpreters, median of "
+            f"{imp['runs']} (`benchmarks/{imp['script']}`), the measured wsync first on "
+            "`PYTHONPATH`; bytecode compiled first and `PYTHONDONTWRITEBYTECODE` unset for those "
+            "interpreters (a machine that sets it would otherwise compile every module on every "
+            "import, which is not what a user's script pays).",
+            "",
+            "| module | import time |",
+            "| --- | --- |",
+            f"| `import wsync` | {imp['wsync']:.1f} ms |",
+            f"| `import websocket` (websocket-client) | {imp['websocket-client']:.1f} ms |",
+            f"| `import websockets.sync.client` | {imp['websockets sync']:.1f} ms |",
+        ]
+        if imp.get("top"):
+            lines += [
+                "",
+                "Largest cumulative times inside `import wsync`:",
+                "",
+                "| module | cumulative |",
+                "| --- | --- |",
+            ]
+            lines += [f"| `{name}` | {ms:.1f} ms |" for name, ms in imp["top"][:12]]
     if report.errors:
         lines += ["", "## Errors", ""] + [f"```\n{e}\n```" for e in report.errors]
     missed = Path(__file__).with_name("missed.md")
@@ -1312,10 +1792,20 @@ def render(report: Report, **info: Any) -> str:
         "  its message by messageId. Pipelined, a reader thread and a sender keep 64 in flight",
         "  (a semaphore); wsync keeps 64 futures in flight and waits on the oldest.",
         "- CPU: `time.process_time()` of each process (all threads, ns resolution).",
-        "- Memory, RSS/threads and idle CPU each run in a fresh interpreter (`--child`).",
+        "- Memory, RSS/threads and idle CPU each run in a fresh interpreter (`--child`); the",
+        "  many idle clients connect in parallel, every connect bounded, in a process whose",
+        "  RLIMIT_NOFILE is raised to fit them.",
+        "- Import time: `benchmarks/import_time.py` (`python -X importtime`), bytecode compiled.",
+        "- Before/after: `--json PATH` writes every figure; `--baseline PATH` (such a file from an",
+        '  earlier run) fills the "before" column and judges the "no worse than before"',
+        "  targets against it, with the tolerance given above.",
         "- Where the time goes: `python benchmarks/profile_wsync.py` (yappi, every thread).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _roles(roles: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(roles.items())) or "none"
 
 
 def _version(name: str) -> str:
