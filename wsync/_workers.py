@@ -416,33 +416,41 @@ class Reader:
 
     def _loop(self) -> None:
         host = self._host
-        transport = self._transport
         while True:
             if self.turn is not Turn.READER:  # only this thread parks itself
                 with host.lock:
                     self._take_turn()
-            try:
-                data = transport.recv()
-            except MalformedFrame as exc:
-                self._malformed(str(exc))
-                continue
-            except TransportClosed as exc:
-                self._lost(exc)
+            data, ended = self._read(None)
+            if ended:
                 return
-            if self._handle(data, park=True):
-                continue
+            if data is not None:
+                self._handle(data, park=True)
 
-    def _handle(self, data: str | bytes, *, park: bool) -> bool:
+    def _read(self, timeout: float | None) -> tuple[str | bytes | None, bool]:
+        """The next message (None: a malformed one dropped, or none within ``timeout``), and
+        whether the connection ended (handled here)."""
+        transport = self._transport
+        try:
+            data = transport.recv() if timeout is None else transport.recv_within(timeout)
+        except MalformedFrame as exc:
+            self._malformed(str(exc))
+            return None, False
+        except TransportClosed as exc:
+            self._lost(exc)
+            return None, True
+        return data, False
+
+    def _handle(self, data: str | bytes, *, park: bool) -> None:
         """Carry out one message read from the connection; with ``park``, park the reader if
         a ``send_and_wait`` caller was answered and nothing else is expected."""
         if type(data) is not str:
             self._malformed(f"binary frame of {len(data)} bytes")
-            return False
+            return
         try:
             frame = protocol.decode(data)
         except ProtocolError as exc:
             self._malformed(f"{exc} ({len(data)} characters)")
-            return False
+            return
         host = self._host
         with host.lock:
             machine = host.machine
@@ -453,7 +461,6 @@ class Reader:
                 self._park(now)
         if later:
             host.carry_out(later)
-        return True
 
     def _lost(self, exc: TransportClosed) -> None:
         host = self._host
@@ -490,13 +497,8 @@ class Reader:
                 if wait <= 0:
                     return
                 safe = False
-                try:
-                    data = transport.recv_within(min(wait, PARK_GRACE))
-                except MalformedFrame as exc:
-                    self._malformed(str(exc))
-                    continue
-                except TransportClosed as exc:
-                    self._lost(exc)
+                data, ended = self._read(min(wait, PARK_GRACE))
+                if ended:
                     return
                 if data is not None:
                     self._handle(data, park=False)

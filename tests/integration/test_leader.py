@@ -19,8 +19,7 @@ import pytest
 
 import wsync
 from tests.helpers import TIMEOUT
-from wsync import Backoff, Client, Status
-from wsync import _workers
+from wsync import Backoff, Client, Status, _workers
 from wsync._connection import Transport
 from wsync.testing import ProtocolServer
 
