@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
-import ssl
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from html import escape
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wsync._backoff import Backoff
 from wsync._dispatch import Callbacks
@@ -37,6 +35,9 @@ from wsync._values import (
     validate_client_id,
 )
 from wsync.protocol import Response
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Client"]
 
@@ -425,6 +426,8 @@ class Client:
         )
 
     def _repr_html_(self) -> str:
+        from html import escape
+
         state = self.state
         stats = self.stats()
         return (
