@@ -9,10 +9,14 @@ module uses it through these names and never imports cattrs itself.
   whose message names the field path and the expected type, never a value from the frame.
 - Timestamps are written like JavaScript's ``Date.toISOString()`` (UTC, milliseconds, ``Z``)
   and read from any ISO 8601 form with an offset, the same way on every Python version.
-- The converter path is the reference; ``decode`` has a hand-written fast path for the hot
-  ``response`` and ``pong`` frames that accepts a subset of it, with the same results.
-- The converter (and cattrs itself) is built on first use, not at import: ``import wsync``
-  does not pay for it, and a client only pays when a frame takes the converter's path.
+- The converter path is the reference. ``decode`` has a hand-written fast path for the
+  frames a client receives (``response`` on every message; ``pong``, ``ping`` and
+  ``connect_confirm`` on every connection and heartbeat) that accepts a subset of it, with the
+  same results; ``encode`` writes ``connect``, ``ping`` and ``pong`` itself, and
+  ``encode_message_now`` every message, with the converter's exact text.
+- The converter (and cattrs itself, some 15-20 ms) is built on first use, not at import:
+  ``import wsync`` does not pay for it, and a client running normally never does (only an
+  ``error`` frame, a malformed one or an unusual form takes the converter's path).
   ``CONVERTER`` is still a module attribute (a module ``__getattr__`` builds it).
 """
 
@@ -387,6 +391,15 @@ def encode(frame: Frame) -> str:
     tag = TAGS.get(type(frame))
     if tag is None:
         raise TypeError(f"expected a frame, got {type(frame).__name__}")
+    # What every connection and heartbeat writes, in the converter's exact text without it.
+    if type(frame) is Ping or type(frame) is Pong:
+        return f'{{"type":"{tag}","timestamp":"{format_timestamp(frame.timestamp)}"}}'
+    if type(frame) is Connect and type(frame.version) is str:
+        return (
+            f'{{"type":"connect","clientId":{_escape(frame.client_id)},'
+            f'"timestamp":"{format_timestamp(frame.timestamp)}",'
+            f'"version":{_escape(frame.version)}}}'
+        )
     fields = _the_converter().unstructure(frame, unstructure_as=Frame)
     return json.dumps({"type": tag, **fields}, separators=(",", ":"))
 
@@ -490,7 +503,8 @@ def _loads(text: str) -> Any:
 
 
 def _decode_fast(obj: dict[str, Any]) -> Frame | None:
-    """Return the ``response`` or ``pong`` frame in ``obj``, or None to take the slow path.
+    """Return the ``response``, ``pong``, ``ping`` or ``connect_confirm`` frame in ``obj``, or
+    None to take the slow path.
 
     Accepts only what ``_decode_object`` accepts, and returns what it would return; anything
     unusual, including every error, goes to the converter, which also words the message.
@@ -519,6 +533,25 @@ def _decode_fast(obj: dict[str, Any]) -> Frame | None:
                 return frame
         elif tag == "pong":
             return Pong(timestamp=when)
+        elif tag == "ping":
+            return Ping(timestamp=when)
+        elif tag == "connect_confirm":
+            client_id = obj.get("clientId")
+            conversation_id = obj.get("conversationId")
+            status = obj.get("status")
+            if (
+                type(client_id) is str
+                and client_id
+                and type(conversation_id) is str
+                and conversation_id
+                and type(status) is str
+            ):
+                return ConnectConfirm(
+                    client_id=client_id,
+                    conversation_id=conversation_id,
+                    status=status,
+                    timestamp=when,
+                )
     except ValueError:
         pass
     return None

@@ -127,6 +127,28 @@ class TestConverterOnFirstUse:
         )
         assert found == ["Response", False]
 
+    def test_connection_frames_do_not_build_the_converter(self) -> None:
+        """Encoding connect/ping/pong and decoding connect_confirm/ping/pong never import cattrs."""
+        found = _run(
+            """
+            import json, sys
+            from wsync import protocol
+            stamp = protocol.now()
+            for frame in (protocol.Connect(client_id="c-1", timestamp=stamp),
+                          protocol.Ping(timestamp=stamp), protocol.Pong(timestamp=stamp)):
+                protocol.encode(frame)
+            ts = '"timestamp":"2026-11-27T13:40:30.123Z"'
+            names = [type(protocol.decode(text)).__name__ for text in (
+                '{"type":"connect_confirm","clientId":"c-1","conversationId":"v-1",'
+                '"status":"confirmed",' + ts + '}',
+                '{"type":"ping",' + ts + '}',
+                '{"type":"pong",' + ts + '}',
+            )]
+            print(json.dumps([names, "cattrs" in sys.modules]))
+            """
+        )
+        assert found == [["ConnectConfirm", "Ping", "Pong"], False]
+
     def test_converter_is_built_once_on_first_access(self) -> None:
         """``protocol.CONVERTER`` is built on first access and is the same object after."""
         found = _run(
