@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -171,6 +170,8 @@ class Client:
                 "a durable outbox needs a fixed client_id: a random one could not claim "
                 "the same outbox after a restart"
             )
+        import uuid  # here, not at the top: ``import wsync`` stays cheap (issue 15)
+
         client_id = validate_client_id(str(uuid.uuid4()) if client_id is None else client_id)
         interval = _positive("heartbeat_interval", heartbeat_interval)
         hb_timeout = (
