@@ -70,6 +70,7 @@ def measure_once(module: str) -> tuple[float, float, dict[str, float]]:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {module}"],
         env=env,
+        cwd=WSYNC_PATH,  # ``-c`` puts the working directory first on sys.path
         capture_output=True,
         text=True,
         check=True,
@@ -123,10 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 inner_runs.append(inner)
 
     names = {name for inner in inner_runs for name in inner}
-    top = sorted(
-        ((name, statistics.median([inner.get(name, 0.0) for inner in inner_runs])) for name in names),
-        key=lambda item: -item[1],
-    )[:TOP]
+    medians = {name: statistics.median([inner.get(name, 0.0) for inner in inner_runs])
+               for name in names}
+    top = sorted(medians.items(), key=lambda item: -item[1])[:TOP]
 
     print(f"import time, median of {args.runs} fresh interpreters (-X importtime, cumulative):")
     for key, module in CONTESTANTS:

@@ -371,6 +371,10 @@ else:
             return _the_converter()
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+    def __dir__() -> list[str]:
+        """The module's names, ``CONVERTER`` included before it is built."""
+        return sorted({*globals(), "CONVERTER"})
+
 
 # --- Encoding ---
 
