@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
-import ssl
-import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from html import escape
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wsync._backoff import Backoff
 from wsync._dispatch import Callbacks
@@ -37,6 +34,9 @@ from wsync._values import (
     validate_client_id,
 )
 from wsync.protocol import Response
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Client"]
 
@@ -170,6 +170,8 @@ class Client:
                 "a durable outbox needs a fixed client_id: a random one could not claim "
                 "the same outbox after a restart"
             )
+        import uuid  # here, not at the top: ``import wsync`` stays cheap (issue 15)
+
         client_id = validate_client_id(str(uuid.uuid4()) if client_id is None else client_id)
         interval = _positive("heartbeat_interval", heartbeat_interval)
         hb_timeout = (
@@ -425,6 +427,8 @@ class Client:
         )
 
     def _repr_html_(self) -> str:
+        from html import escape
+
         state = self.state
         stats = self.stats()
         return (

@@ -25,7 +25,12 @@ reflecting proxy could fill with our own ``Proxy-Authorization``), and cookies s
 Cookies: each :class:`Connector` keeps its own :class:`http.cookiejar.CookieJar` (its default
 policy: domain, path, expiry and ``Secure`` rules), so a client sends its own server's cookies
 back on its reconnects (sticky sessions) and nothing else: a Connector only ever talks to one
-host, and no jar is shared between clients.
+host, and no jar is shared between clients. The jar (with ``http.cookiejar`` and
+``urllib.request``) is made by the first response that sets a cookie: a client whose server
+sets none never imports them.
+
+Imports: ``ssl`` is imported only for a ``wss://`` URL or an ``ssl_context`` argument, and
+``ipaddress`` when a host is checked; ``import wsync`` pays for neither (issue 15).
 
 Logging: DEBUG only, never header values, URLs only through :func:`redact_url`.
 """
@@ -35,21 +40,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import http.client
-import http.cookiejar
-import ipaddress
 import logging
 import math
 import os
 import select
 import socket
-import ssl
+import sys
 import threading
 import time
-import urllib.request
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from wsync._connection import Transport
@@ -65,6 +66,11 @@ from wsync._http11 import (
     read_head,
     send_head,
 )
+
+if TYPE_CHECKING:
+    import http.client
+    import http.cookiejar
+    import ssl
 
 __all__ = [
     "Connector",
@@ -158,10 +164,15 @@ def _map_error(
     words = _PHASE_WORDS[phase]
     if cancelled or isinstance(exc, _Cancelled):
         return ConnectError(f"connect cancelled during {words}: {where}", phase="cancelled")
-    verify = _find_in_chain(exc, ssl.SSLCertVerificationError)
-    if isinstance(verify, ssl.SSLCertVerificationError):
-        detail = verify.verify_message or verify.reason or "verification failed"
-        return TLSError(f"tls certificate verification failed ({detail}): {where}")
+    # No TLS error can exist before ssl is imported (by a wss:// attempt or the caller).
+    ssl_imported = "ssl" in sys.modules
+    if ssl_imported:
+        import ssl
+
+        verify = _find_in_chain(exc, ssl.SSLCertVerificationError)
+        if isinstance(verify, ssl.SSLCertVerificationError):
+            detail = verify.verify_message or verify.reason or "verification failed"
+            return TLSError(f"tls certificate verification failed ({detail}): {where}")
     if isinstance(exc, Refused):
         code = exc.status
         if phase == "proxy":
@@ -183,7 +194,7 @@ def _map_error(
         return ConnectError(
             f"dns lookup failed ({exc.strerror or 'unknown error'}): {where}", phase=phase
         )
-    if isinstance(exc, ssl.SSLError):
+    if ssl_imported and isinstance(exc, ssl.SSLError):
         return ConnectError(
             f"tls handshake failed ({exc.reason or type(exc).__name__}): {where}", phase=phase
         )
@@ -257,6 +268,8 @@ def is_loopback_host(url: str) -> bool:
     host = host.rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -339,6 +352,8 @@ def check_ssl_context(ssl_context: object, url: str) -> ssl.SSLContext | None:
     """
     if ssl_context is None:
         return None
+    import ssl
+
     if not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(
             f"ssl_context must be an ssl.SSLContext or None, got {type(ssl_context).__name__}"
@@ -455,7 +470,8 @@ class Connector:
         self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         # The cookie jar's view of this URL: http(s) with the same host, port and path.
         self._cookie_url = ("https" if self._secure else "http") + self._url[len(parts.scheme) :]
-        self._cookies = http.cookiejar.CookieJar()  # this client's only; thread-safe
+        # This client's only (thread-safe); made by the first response that sets a cookie.
+        self._cookies: http.cookiejar.CookieJar | None = None
         # Guards _attempts, _cancel_pending and each attempt's sockets and flag; held only to
         # read or update them, never around I/O.
         self._lock = threading.Lock()
@@ -660,10 +676,7 @@ class Connector:
         send_head(sock, lines, deadline)
         reader = HeadReader(sock, deadline)
         version, status, headers = read_head(reader)
-        self._cookies.extract_cookies(
-            CookieResponse(headers),  # type: ignore[arg-type]  # info() is all it reads
-            urllib.request.Request(self._cookie_url),
-        )
+        self._keep_cookies(headers)
         if status != 101:
             raise Refused(status)
         check_upgrade(version, headers, key)
@@ -671,12 +684,41 @@ class Connector:
 
     def _jar_cookie(self) -> str:
         """The Cookie header value the jar holds for this URL ("" when none)."""
+        jar = self._cookies
+        if jar is None:
+            return ""
+        import urllib.request
+
         request = urllib.request.Request(self._cookie_url)
-        self._cookies.add_cookie_header(request)
+        jar.add_cookie_header(request)
         return request.get_header("Cookie") or ""
+
+    def _keep_cookies(self, headers: http.client.HTTPMessage) -> None:
+        """Store the cookies a response sets, in a jar made by the first one that sets any.
+
+        Only ``Set-Cookie``/``Set-Cookie2`` headers are read (what ``extract_cookies`` reads).
+        """
+        jar = self._cookies
+        if jar is None:
+            if not headers.get_all("Set-Cookie") and not headers.get_all("Set-Cookie2"):
+                return
+            import http.cookiejar
+
+            with self._lock:
+                if self._cookies is None:
+                    self._cookies = http.cookiejar.CookieJar()
+                jar = self._cookies
+        import urllib.request
+
+        jar.extract_cookies(
+            CookieResponse(headers),  # type: ignore[arg-type]  # info() is all it reads
+            urllib.request.Request(self._cookie_url),
+        )
 
     def _resolve(self, attempt: _Attempt, host: str, port: int, deadline: float) -> list[_Address]:
         """getaddrinfo bounded by the deadline and by cancel(); IP literals skip the thread."""
+        import ipaddress
+
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -780,6 +822,8 @@ class Connector:
         sock.settimeout(remaining)
 
     def _start_tls(self, attempt: _Attempt, sock: socket.socket, deadline: float) -> ssl.SSLSocket:
+        import ssl
+
         context = self._ssl_context or ssl.create_default_context()
         tls = context.wrap_socket(sock, server_hostname=self._host, do_handshake_on_connect=False)
         # sock is detached now (fd -1); cancel() must reach the TLS socket instead.

@@ -2,23 +2,25 @@
 
 Its one job is the text of the opening handshake (RFC 6455 section 4.1) and of an HTTP CONNECT
 tunnel: writing a request head, reading a response head within a byte budget
-(:data:`MAX_RESPONSE_HEAD`) with the standard library's header parser, and checking a 101 the way
-a client must. What it must not do: resolve, connect, wrap TLS, retry or know the wsync protocol
-(``wsync._handshake`` does the rest of an attempt and maps these errors), or put any text the
-network sent into an error: a server or proxy that reflects our request must not get our
-credentials shown back in a message or a log. The errors here carry wsync's own words and
-status codes only.
+(:data:`MAX_RESPONSE_HEAD`) with the standard library's header parser, and checking a 101 the way a
+client must. ``http.client`` (with the ``email`` package under it) and ``hashlib`` are imported by
+the first handshake, not with ``wsync``: ``import wsync`` stays cheap. What it must not do:
+resolve, connect, wrap TLS, retry or know the wsync protocol (``wsync._handshake`` does the rest of
+an attempt and maps these errors), or put any text the network sent into an error: a server or
+proxy that reflects our request must not get our credentials shown back in a message or a log. The
+errors here carry wsync's own words and status codes only.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import http.client
 import socket
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import http.client
 
 __all__ = [
     "MAX_RESPONSE_HEAD",
@@ -110,6 +112,8 @@ def read_head(reader: HeadReader) -> tuple[bytes, int, http.client.HTTPMessage]:
     version, code = parts[0], parts[1]
     if len(code) != 3 or not code.isdigit():
         raise BadResponse("invalid status code")
+    import http.client  # the first handshake pays for it, not ``import wsync``
+
     try:
         headers = http.client.parse_headers(reader)  # type: ignore[arg-type, unused-ignore]  # readline() only
     except http.client.HTTPException as exc:
@@ -127,6 +131,8 @@ def _tokens(headers: http.client.HTTPMessage, name: str) -> set[str]:
 
 
 def _accept_for(key: str) -> str:
+    import hashlib
+
     return base64.b64encode(hashlib.sha1(key.encode() + _ACCEPT_GUID).digest()).decode()
 
 

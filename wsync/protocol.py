@@ -9,25 +9,33 @@ module uses it through these names and never imports cattrs itself.
   whose message names the field path and the expected type, never a value from the frame.
 - Timestamps are written like JavaScript's ``Date.toISOString()`` (UTC, milliseconds, ``Z``)
   and read from any ISO 8601 form with an offset, the same way on every Python version.
-- The converter path is the reference; ``decode`` has a hand-written fast path for the hot
-  ``response`` and ``pong`` frames that accepts a subset of it, with the same results.
+- The converter path is the reference. ``decode`` has a hand-written fast path for the
+  frames a client receives (``response`` on every message; ``pong``, ``ping`` and
+  ``connect_confirm`` on every connection and heartbeat) that accepts a subset of it, with the
+  same results; ``encode`` writes ``connect``, ``ping`` and ``pong`` itself, and
+  ``encode_message_now`` every message, with the converter's exact text.
+- The converter (and cattrs itself, some 15-20 ms) is built on first use, not at import:
+  ``import wsync`` does not pay for it, and a client running normally never does (only an
+  ``error`` frame, a malformed one or an unusual form takes the converter's path).
+  ``CONVERTER`` is still a module attribute (a module ``__getattr__`` builds it).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
-from cattrs.strategies import configure_tagged_union
 
 from wsync._errors import ProtocolError
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = [
     "CONVERTER",
@@ -301,6 +309,10 @@ def make_converter() -> cattrs.Converter:
         A new converter. ``CONVERTER`` holds the one wsync uses; cattrs' global converter is
         never touched.
     """
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+    from cattrs.strategies import configure_tagged_union
+
     converter = cattrs.Converter()  # detailed_validation=True: errors carry field paths
     converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook(int, _strict("integer", int))
@@ -332,7 +344,37 @@ def make_converter() -> cattrs.Converter:
     return converter
 
 
-CONVERTER: Final = make_converter()
+_converter: cattrs.Converter | None = None  # THE converter, once _the_converter() built it
+_converter_lock: Final = threading.Lock()
+
+
+def _the_converter() -> cattrs.Converter:
+    """Return ``CONVERTER``, building it (and importing cattrs) on the first call."""
+    global _converter
+    converter = _converter
+    if converter is None:
+        with _converter_lock:
+            converter = _converter
+            if converter is None:
+                converter = _converter = make_converter()
+    return converter
+
+
+if TYPE_CHECKING:
+    #: The converter wsync uses for every frame (built on first access).
+    CONVERTER: cattrs.Converter
+else:
+
+    def __getattr__(name: str) -> Any:
+        """Build ``CONVERTER`` on first access (PEP 562); mypy sees the declaration above."""
+        if name == "CONVERTER":
+            return _the_converter()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        """The module's names, ``CONVERTER`` included before it is built."""
+        return sorted({*globals(), "CONVERTER"})
+
 
 # --- Encoding ---
 
@@ -353,7 +395,16 @@ def encode(frame: Frame) -> str:
     tag = TAGS.get(type(frame))
     if tag is None:
         raise TypeError(f"expected a frame, got {type(frame).__name__}")
-    fields = CONVERTER.unstructure(frame, unstructure_as=Frame)
+    # What every connection and heartbeat writes, in the converter's exact text without it.
+    if type(frame) is Ping or type(frame) is Pong:
+        return f'{{"type":"{tag}","timestamp":"{format_timestamp(frame.timestamp)}"}}'
+    if type(frame) is Connect and type(frame.version) is str:
+        return (
+            f'{{"type":"connect","clientId":{_escape(frame.client_id)},'
+            f'"timestamp":"{format_timestamp(frame.timestamp)}",'
+            f'"version":{_escape(frame.version)}}}'
+        )
+    fields = _the_converter().unstructure(frame, unstructure_as=Frame)
     return json.dumps({"type": tag, **fields}, separators=(",", ":"))
 
 
@@ -456,7 +507,8 @@ def _loads(text: str) -> Any:
 
 
 def _decode_fast(obj: dict[str, Any]) -> Frame | None:
-    """Return the ``response`` or ``pong`` frame in ``obj``, or None to take the slow path.
+    """Return the ``response``, ``pong``, ``ping`` or ``connect_confirm`` frame in ``obj``, or
+    None to take the slow path.
 
     Accepts only what ``_decode_object`` accepts, and returns what it would return; anything
     unusual, including every error, goes to the converter, which also words the message.
@@ -485,6 +537,25 @@ def _decode_fast(obj: dict[str, Any]) -> Frame | None:
                 return frame
         elif tag == "pong":
             return Pong(timestamp=when)
+        elif tag == "ping":
+            return Ping(timestamp=when)
+        elif tag == "connect_confirm":
+            client_id = obj.get("clientId")
+            conversation_id = obj.get("conversationId")
+            status = obj.get("status")
+            if (
+                type(client_id) is str
+                and client_id
+                and type(conversation_id) is str
+                and conversation_id
+                and type(status) is str
+            ):
+                return ConnectConfirm(
+                    client_id=client_id,
+                    conversation_id=conversation_id,
+                    status=status,
+                    timestamp=when,
+                )
     except ValueError:
         pass
     return None
@@ -507,9 +578,12 @@ def _decode_object(obj: object) -> Frame:
         raise ProtocolError(f"malformed frame: expected string, got {_json_type(tag)} @ $.type")
     if tag not in _CLASSES:
         raise ProtocolError("malformed frame: unknown frame type @ $.type")
+    converter = _the_converter()
+    import cattrs  # imported by _the_converter()
+
     try:
         # mypy: structure() wants a type[T]; a Union alias is a valid target at runtime.
-        frame: Frame = CONVERTER.structure(obj, Frame)  # type: ignore[arg-type]
+        frame: Frame = converter.structure(obj, Frame)  # type: ignore[arg-type]
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
         # transform_error names attributes (``@ $.message_id``); the wire names are camelCase.
         details = [

@@ -570,3 +570,54 @@ class TestConverter:
         assert CONVERTER.structure(good, typ) == good
         with pytest.raises(TypeError):
             CONVERTER.structure(bad, typ)
+
+
+# Added with the converter built on first use (issue 15) ---------------------------------------
+
+# A valid ping or connect_confirm with one field changed, dropped or added.
+VALID_CONTROL = [json.loads(WIRE[1]), json.loads(WIRE[2])]
+near_control_dicts = st.builds(
+    lambda base, key, value, drop: (
+        {k: v for k, v in base.items() if k != key} if drop else {**base, key: value}
+    ),
+    st.sampled_from(VALID_CONTROL),
+    st.sampled_from(["type", "clientId", "conversationId", "status", "timestamp", "extra"]),
+    field_values | any_text,
+    st.booleans(),
+)
+control_frames = st.one_of(
+    st.builds(Connect, client_id=ids, timestamp=aware, version=any_text),
+    st.builds(Ping, timestamp=aware),
+    st.builds(Pong, timestamp=aware),
+)
+
+
+def _reference_encode(frame: Frame) -> str:
+    """Encode through the converter only, as encode() did for every frame."""
+    fields = CONVERTER.unstructure(frame, unstructure_as=Frame)
+    return json.dumps({"type": TAGS[type(frame)], **fields}, separators=(",", ":"))
+
+
+class TestControlFastPaths:
+    def test_fast_path_taken(self) -> None:
+        """A plain ping or connect_confirm is decoded without the converter."""
+        assert _decode_fast(json.loads(WIRE[1])) == FRAMES[1]
+        assert _decode_fast(json.loads(WIRE[2])) == FRAMES[2]
+
+    @SETTINGS
+    @given(near_control_dicts)
+    def test_decode_matches_converter(self, value: dict[str, Any]) -> None:
+        """decode gives the converter's exact result or error for ping/connect_confirm-likes."""
+        text = json.dumps(value)
+        assert _outcome(decode, text) == _outcome(_reference_decode, text)
+
+    @SETTINGS
+    @given(control_frames)
+    def test_encode_matches_converter(self, frame: Frame) -> None:
+        """encode writes connect, ping and pong exactly as the converter does."""
+        assert _outcome(encode, frame) == _outcome(_reference_encode, frame)
+
+    def test_connect_with_a_version_that_is_no_str(self) -> None:
+        """A Connect whose version is not a str still gets the converter's text."""
+        frame = Connect(client_id="c-1", timestamp=T, version=1)  # type: ignore[arg-type]
+        assert encode(frame) == _reference_encode(frame)
