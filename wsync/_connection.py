@@ -39,6 +39,7 @@ from wsync._frames import (
     encode_close,
     encode_frame,
     encode_text,
+    encode_texts,
 )
 
 __all__ = ["MalformedFrame", "Transport", "TransportClosed"]
@@ -227,7 +228,7 @@ class Transport:
             TransportClosed: the connection ended or the write failed (some frames may be written).
         """
         if texts:
-            self._write(b"".join([encode_text(text) for text in texts]))
+            self._write(encode_texts(texts))
 
     def _write(self, data: bytes) -> None:
         """Write frames with a blocking ``sendall``, the pong owed first."""
