@@ -411,6 +411,19 @@ class Transport:
             self._recv_closed = lost
             raise self._again() from exc
 
+    def recv_buffered(self) -> str | bytes | None:
+        """The next data message if the bytes read already hold it whole; else None.
+
+        Never reads the socket nor blocks: after :meth:`recv`, a reader takes with it the
+        messages the same read brought, to handle them in one go. Only a message in one
+        frame, at the front, is taken; anything else there (a control frame, a fragment, an
+        oversize or invalid message) stays for the next :meth:`recv`, which handles it as
+        usual. Call from the thread that calls :meth:`recv`.
+        """
+        if self._recv_closed is not None or self._aborted:
+            return None
+        return self._parser.next_message()
+
     def _read_more(self) -> None:
         size = self._read_size
         chunk = self._sock.recv(size)

@@ -220,39 +220,52 @@ class Parser:
             ProtocolViolation: the server broke RFC 6455; fail the connection with its code.
         """
         if self._fast:
-            # The hot path: a whole unfragmented data frame of up to 64 KiB (a 7- or 16-bit
-            # length, unmasked, no reserved bit) in the buffer, nothing pending. Anything
-            # else, or a frame over max_size, takes the slow path, which checks it all.
-            buf = self._buf
-            pos = self._pos
-            size = len(buf)
-            if size - pos >= 2:
-                length = buf[pos + 1]  # the mask bit set: >= 128, not for this path
-                start = pos + 2
-                if length == 126:
-                    if size - pos < 4:
-                        return None  # the rest of the header comes later: nothing to parse
-                    length = (buf[start] << 8) | buf[start + 1]
-                    start += 2
-                    if length > self._max:
-                        return self._next_slow()
-                elif length > 126:
-                    return self._next_slow()
-                end = start + length
-                if end <= size:
-                    first = buf[pos]
-                    if first == 0x81:
-                        self._pos = end
-                        try:
-                            return buf[start:end].decode()
-                        except UnicodeDecodeError:
-                            raise ProtocolViolation(
-                                "text message is not valid UTF-8", CLOSE_INVALID_DATA
-                            ) from None
-                    if first == 0x82:
-                        self._pos = end
-                        return buf[start:end]
+            message = self.next_message()
+            if message is not None:
+                return message
         return self._next_slow()
+
+    def next_message(self) -> str | bytes | None:
+        """The next event if it is a whole data message in one frame; else None, and nothing
+        is consumed (:meth:`next_event` then deals with whatever comes next).
+
+        The hot path: an unfragmented text or binary frame of up to 64 KiB (a 7- or 16-bit
+        length, unmasked, no reserved bit, within ``max_size``, valid UTF-8 for text), all of
+        it fed already, and no message or frame half-read. Never raises.
+        """
+        if not self._fast:
+            return None
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        if size - pos < 2:
+            return None
+        length = buf[pos + 1]  # with the mask bit set: >= 128, not for this path
+        start = pos + 2
+        if length == 126:
+            if size - pos < 4:
+                return None
+            length = (buf[start] << 8) | buf[start + 1]
+            start += 2
+            if length > self._max:
+                return None
+        elif length > 126:
+            return None
+        end = start + length
+        if end > size:
+            return None
+        first = buf[pos]
+        if first == 0x81:
+            try:
+                text = buf[start:end].decode()
+            except UnicodeDecodeError:
+                return None  # next_event() fails the connection with 1007
+            self._pos = end
+            return text
+        if first == 0x82:
+            self._pos = end
+            return buf[start:end]
+        return None
 
     def _next_slow(self) -> Event | None:
         while True:

@@ -186,6 +186,54 @@ class TestMessages:
         assert isinstance(pong, Pong) and pong.payload == b"yo"
 
 
+class TestNextMessage:
+    def test_takes_whole_one_frame_messages_at_the_front(self) -> None:
+        """next_message() hands out whole data messages of a 7- or 16-bit length, in order."""
+        parser = Parser(LIMIT)
+        parser.feed(frame(OP_TEXT, b"a") + frame(OP_BINARY, b"b" * 300) + frame(OP_TEXT, b"c"))
+        assert [parser.next_message() for _ in range(4)] == ["a", b"b" * 300, "c", None]
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            frame(OP_PING, b"p"),
+            frame(OP_TEXT, b"part", fin=False),
+            frame(OP_TEXT, b"x" * 101),  # over max_size
+            frame(OP_TEXT, b"\xff"),
+            frame(OP_TEXT, b"x" * 300)[:150],  # not all fed yet
+            frame(OP_TEXT, b"x" * 300)[:3],  # half a 16-bit length
+            frame(OP_TEXT, b"x", mask=b"abcd"),
+            frame(OP_TEXT, b"x" * 70_000),
+        ],
+    )
+    def test_leaves_anything_else_to_next_event(self, data: bytes) -> None:
+        """Anything but a whole one-frame message is left in place, and next_event() decides."""
+        parser = Parser(100)
+        parser.feed(data)
+        assert parser.next_message() is None
+        assert parser.buffered() == len(data)
+        fresh = Parser(100)
+        fresh.feed(data)
+        try:
+            want: object = fresh.next_event()
+        except ProtocolViolation as exc:
+            with pytest.raises(ProtocolViolation) as caught:
+                parser.next_event()
+            assert caught.value.code == exc.code
+        else:
+            got = parser.next_event()
+            assert type(got) is type(want)
+
+    def test_nothing_while_a_fragmented_message_is_open(self) -> None:
+        """Between the fragments of a message, even a whole frame is left to next_event()."""
+        parser = Parser(LIMIT)
+        parser.feed(frame(OP_TEXT, b"one", fin=False))
+        assert parser.next_event() is None  # the fragment is stored
+        parser.feed(frame(OP_CONT, b"two"))
+        assert parser.next_message() is None
+        assert parser.next_event() == "onetwo"
+
+
 class TestUtf8:
     def test_invalid_text_fails_with_1007(self) -> None:
         """A text message that is not UTF-8 fails the connection with 1007 (RFC 6455 8.1)."""
