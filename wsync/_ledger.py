@@ -174,9 +174,15 @@ class Ledger:
     def answer(self, message_id: str) -> Entry | None:
         """A response for ``message_id``: the answered entry, or None (unknown, duplicate)."""
         self.received += 1
-        entry = self.pending.get(message_id)
-        if entry is not None:
-            self.finish(entry)
+        entry = self.pending.pop(message_id, None)
+        if entry is not None:  # finish(), inlined: this runs once per response
+            if entry.state is EntryState.QUEUED:
+                self.queued -= 1
+            else:
+                self.in_flight -= 1
+            if entry.deliveries and self.max_deliveries is not None:
+                self.suspects -= 1
+            entry.state = EntryState.DONE
         return entry
 
     def withdraw(self, message_id: str, future: object = None) -> Entry | None:

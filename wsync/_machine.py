@@ -67,6 +67,10 @@ class Control(enum.Enum):
     PING = "ping"
     PONG = "pong"
 
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is Python code,
+    # run for every set lookup on the per-message paths).
+    __hash__ = object.__hash__
+
 
 class Wake(enum.Enum):
     """A thread to wake."""
@@ -74,6 +78,8 @@ class Wake(enum.Enum):
     WRITER = "writer"  # something to write
     TIMER = "timer"  # the next deadline moved
     WAITERS = "waiters"  # connect()/flush() waiters: the state or the ledger changed
+
+    __hash__ = object.__hash__  # as Control's
 
 
 # --- actions: what the engine must do -----------------------------------------------------
@@ -167,6 +173,7 @@ Action = (
 )
 
 _CONTROL_ORDER: Final = (Control.CONNECT, Control.PING, Control.PONG)
+_RESPONSE: Final = protocol.Response  # looked up once per incoming frame
 
 
 def _with_cause(exc: BaseException, cause: BaseException | None) -> BaseException:
@@ -730,7 +737,7 @@ class Machine:
         if generation != self.generation or not self._conn_open:
             return
         kind = type(frame)
-        if kind is protocol.Response:
+        if kind is _RESPONSE:
             self._on_response(frame, now)  # type: ignore[arg-type]
         elif kind is protocol.Pong:
             if self.status is Status.CONFIRMED:
@@ -751,19 +758,21 @@ class Machine:
             self.malformed += 1
 
     def _on_response(self, frame: protocol.Response, now: float) -> None:
-        if self.status is Status.CONFIRMED and not self.proven:
+        if not self.proven and self.status is Status.CONFIRMED:
             self._prove()
             self._wake(Wake.TIMER)
-        entry = self.ledger.answer(frame.message_id)
+        ledger = self.ledger
+        actions = self._actions
+        entry = ledger.answer(frame.message_id)
         if entry is not None:
-            self._actions.append(Resolve(entry, frame))
+            actions.append(Resolve(entry, frame))
             if self.durable:
-                self._actions.append(Forget((entry.message_id,)))
-            if not self.ledger.pending:
+                actions.append(Forget((entry.message_id,)))
+            if not ledger.pending:
                 self._wake(Wake.WAITERS)
-            elif self.ledger.suspects or entry.deliveries:
+            elif ledger.suspects or entry.deliveries:
                 self._wake(Wake.WRITER)  # one at a time: the next one may go now
-        self._actions.append(OnResponse(frame))
+        actions.append(OnResponse(frame))
 
     def _on_confirm(self, frame: protocol.ConnectConfirm, now: float) -> None:
         if self.status is not Status.PENDING:
