@@ -260,6 +260,9 @@ class Machine:
 
         self._actions: list[Action] = []
         self._woken: set[Wake] = set()
+        # A send() woke the writer, which has not looked (writable()) since: later sends
+        # need not wake it again (under a stream of sends, most would otherwise).
+        self._writer_woken = False
 
     # --- the action buffer ----------------------------------------------------------------
 
@@ -348,7 +351,12 @@ class Machine:
         return self.status is Status.CONFIRMED and self.ledger.can_take()
 
     def writable(self) -> bool:
-        """Whether the writer thread may take a write now: something to write, nobody writing."""
+        """Whether the writer thread may take a write now: something to write, nobody writing.
+
+        The writer thread's question before it writes or waits: a send() from now on wakes
+        it again.
+        """
+        self._writer_woken = False
         return self.ledger.writer is None and self.has_writes()
 
     def next_write_at(self, now: float) -> float | None:
@@ -544,7 +552,8 @@ class Machine:
                 return True  # else take_inline queued it
         else:
             ledger.add(entry)
-        if ledger.open and ledger.writer is None:
+        if ledger.open and ledger.writer is None and not self._writer_woken:
+            self._writer_woken = True
             self._wake(Wake.WRITER)
         return False
 

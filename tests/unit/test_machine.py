@@ -2053,7 +2053,36 @@ class TestWakes:
         m.send(entry("a"), T0)
         m.send(entry("b"), T0)
         assert m.drain() == [Wake.WRITER]
+        m.writable()  # the writer looked
         m.send(entry("c"), T0)
+        assert m.drain() == [Wake.WRITER]
+
+    def test_sends_wake_the_writer_once_until_it_looks(self) -> None:
+        """Sends after a wake do not wake the writer again until it has looked (writable())."""
+        m = make_machine()
+        confirmed(m)
+        m.send(entry("a"), T0)
+        m.send(entry("b"), T0)
+        assert m.drain() == [Wake.WRITER]
+        m.send(entry("c"), T0)
+        assert m.drain() == []  # woken already, not looked yet
+        assert m.writable()
+        m.send(entry("d"), T0)
+        assert m.drain() == [Wake.WRITER]
+
+    def test_a_writer_that_found_nothing_is_woken_by_the_next_send(self) -> None:
+        """The writer looked and found nothing to write (the message was withdrawn): the next
+        send wakes it, so no message waits for a writer asleep."""
+        m = make_machine()
+        confirmed(m)
+        m.send(entry("a"), T0)
+        assert m.drain() == [Wake.WRITER]
+        assert m.withdraw("a") is not None
+        m.drain()
+        assert m.writable()  # the withdrawn entry is skipped when taken
+        assert m.take_writes(m.generation, T0) == ([], [])
+        assert not m.writable()
+        m.send(entry("b"), T0)
         assert m.drain() == [Wake.WRITER]
 
     def test_drain_empties_the_buffer(self) -> None:
