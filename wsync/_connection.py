@@ -40,6 +40,7 @@ from wsync._frames import (
     encode_close,
     encode_frame,
     encode_text,
+    encode_texts,
 )
 
 __all__ = ["MalformedFrame", "Transport", "TransportClosed"]
@@ -231,7 +232,7 @@ class Transport:
             TransportClosed: the connection ended or the write failed (some frames may be written).
         """
         if texts:
-            self._write(b"".join([encode_text(text) for text in texts]))
+            self._write(encode_texts(texts))
 
     def _write(self, data: bytes) -> None:
         """Write frames with a blocking ``sendall``, the pong owed first."""
@@ -445,6 +446,19 @@ class Transport:
         ready = poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000)))
         self.waiting = False
         return bool(ready)
+
+    def recv_buffered(self) -> str | bytes | None:
+        """The next data message if the bytes read already hold it whole; else None.
+
+        Never reads the socket nor blocks: after :meth:`recv`, a reader takes with it the
+        messages the same read brought, to handle them in one go. Only a message in one
+        frame, at the front, is taken; anything else there (a control frame, a fragment, an
+        oversize or invalid message) stays for the next :meth:`recv`, which handles it as
+        usual. Call from the thread that calls :meth:`recv`.
+        """
+        if self._recv_closed is not None or self._aborted:
+            return None
+        return self._parser.next_message()
 
     def _read_more(self) -> None:
         size = self._read_size

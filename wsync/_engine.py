@@ -270,6 +270,14 @@ class Engine:
             if type(action) is Resolve or type(action) is Fail:
                 owed[id(action)] = (ident, action)
         for action in actions:
+            kind = type(action)
+            if kind is Resolve:  # the common cases first: a match tries every Wake pattern
+                later.append(action)
+                continue
+            if kind is OnResponse:
+                if self._has_on_response:
+                    dispatch.put(self._call_on_response, action.response)  # type: ignore[union-attr]
+                continue
             match action:
                 case Wake.WRITER:
                     self._writer.wake()

@@ -33,8 +33,8 @@ from __future__ import annotations
 import codecs
 import os
 import struct
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, Literal
 
 __all__ = [
     "CLOSE_INVALID_DATA",
@@ -51,6 +51,7 @@ __all__ = [
     "encode_close",
     "encode_frame",
     "encode_text",
+    "encode_texts",
 ]
 
 # RFC 6455 opcodes.
@@ -76,6 +77,10 @@ _PACK_HEAD64: Final = struct.Struct("!BBQ").pack
 _UNPACK16: Final = struct.Struct("!H").unpack_from
 _UNPACK64: Final = struct.Struct("!Q").unpack_from
 _NEW_DECODER: Final = codecs.getincrementaldecoder("utf-8")
+# What the header and mask key of a frame XOR with in encode_texts(): nothing.
+_ZEROS_7: Final = bytes(2 + 4)
+_ZEROS_16: Final = bytes(4 + 4)
+_ZEROS_64: Final = bytes(10 + 4)
 
 
 def close_code_allowed(code: int) -> bool:
@@ -215,26 +220,52 @@ class Parser:
             ProtocolViolation: the server broke RFC 6455; fail the connection with its code.
         """
         if self._fast:
-            # The hot path: a whole short unfragmented frame in the buffer, nothing pending.
-            buf = self._buf
-            pos = self._pos
-            if len(buf) - pos >= 2:
-                length = buf[pos + 1]
-                end = pos + 2 + length
-                if length < 126 and end <= len(buf):
-                    first = buf[pos]
-                    if first == 0x81:
-                        self._pos = end
-                        try:
-                            return buf[pos + 2 : end].decode()
-                        except UnicodeDecodeError:
-                            raise ProtocolViolation(
-                                "text message is not valid UTF-8", CLOSE_INVALID_DATA
-                            ) from None
-                    if first == 0x82:
-                        self._pos = end
-                        return buf[pos + 2 : end]
+            message = self.next_message()
+            if message is not None:
+                return message
         return self._next_slow()
+
+    def next_message(self) -> str | bytes | None:
+        """The next event if it is a whole data message in one frame; else None, and nothing
+        is consumed (:meth:`next_event` then deals with whatever comes next).
+
+        The hot path: an unfragmented text or binary frame of up to 64 KiB (a 7- or 16-bit
+        length, unmasked, no reserved bit, within ``max_size``, valid UTF-8 for text), all of
+        it fed already, and no message or frame half-read. Never raises.
+        """
+        if not self._fast:
+            return None
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        if size - pos < 2:
+            return None
+        length = buf[pos + 1]  # with the mask bit set: >= 128, not for this path
+        start = pos + 2
+        if length == 126:
+            if size - pos < 4:
+                return None
+            length = (buf[start] << 8) | buf[start + 1]
+            start += 2
+            if length > self._max:
+                return None
+        elif length > 126:
+            return None
+        end = start + length
+        if end > size:
+            return None
+        first = buf[pos]
+        if first == 0x81:
+            try:
+                text = buf[start:end].decode()
+            except UnicodeDecodeError:
+                return None  # next_event() fails the connection with 1007
+            self._pos = end
+            return text
+        if first == 0x82:
+            self._pos = end
+            return buf[start:end]
+        return None
 
     def _next_slow(self) -> Event | None:
         while True:
@@ -483,13 +514,57 @@ def encode_text(text: str) -> bytes:
         TypeError: ``text`` is not a ``str``.
         ValueError: ``text`` cannot be encoded as UTF-8 (a lone surrogate).
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    try:
-        data = text.encode()
-    except UnicodeEncodeError:
-        raise ValueError("text cannot be encoded as UTF-8 (lone surrogate)") from None
-    return encode_frame(OP_TEXT, data)
+    return encode_texts((text,))
+
+
+def encode_texts(
+    texts: Sequence[str],
+    _urandom: Callable[[int], bytes] = os.urandom,
+    _from_bytes: Callable[[bytes, Literal["little"]], int] = int.from_bytes,
+) -> bytes:
+    """Masked text frames for ``texts``, one after the other, as one ``bytes``.
+
+    The same bytes as :func:`encode_text` for each, at about half the cost per frame: one
+    ``os.urandom`` call draws every frame's own fresh mask key (4 bytes each, RFC 6455
+    section 5.3), and the whole batch is masked with one XOR of two big integers (the
+    headers and keys XOR with zeros).
+
+    Raises:
+        TypeError: a text is not a ``str``.
+        ValueError: a text cannot be encoded as UTF-8 (a lone surrogate).
+    """
+    keys = _urandom(len(texts) << 2)
+    data: list[bytes] = []
+    masks: list[bytes] = []
+    add_data = data.append
+    add_mask = masks.append
+    at = 0
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            payload = text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("text cannot be encoded as UTF-8 (lone surrogate)") from None
+        length = len(payload)
+        key = keys[at : at + 4]
+        at += 4
+        if length < 126:
+            add_data(_PACK_HEAD7(0x81, 0x80 | length))
+            add_mask(_ZEROS_7)
+        elif length < 65536:
+            add_data(_PACK_HEAD16(0x81, 0xFE, length))
+            add_mask(_ZEROS_16)
+        else:
+            add_data(_PACK_HEAD64(0x81, 0xFF, length))
+            add_mask(_ZEROS_64)
+        add_data(key)
+        add_data(payload)
+        add_mask(key * (length >> 2))
+        add_mask(key[: length & 3])
+    frames = b"".join(data)
+    mask = _from_bytes(b"".join(masks), "little")
+    return (_from_bytes(frames, "little") ^ mask).to_bytes(len(frames), "little")
 
 
 def encode_close(code: int | None) -> bytes:

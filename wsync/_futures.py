@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from wsync.protocol import Response
 
-__all__ = ["DoneCallback", "FutureOwner", "MessageFuture", "run_callbacks"]
+__all__ = ["DoneCallback", "FutureOwner", "MessageFuture", "mark_all_running", "run_callbacks"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,18 +148,46 @@ class MessageFuture(Future["Response"]):
         Runs no callback: returns those to run (the caller picks the thread), or None when
         the future was done already (answered, failed or cancelled before).
         """
-        with self._lock():
-            if self.done():
+        owner = self._owner
+        with _ORPHAN_LOCK if owner is None else owner.resolve_lock:
+            # Future's own check (one pass through its condition, not two): a future done
+            # already (answered, failed, cancelled) refuses with InvalidStateError.
+            try:
+                if error is None:
+                    assert result is not None
+                    super().set_result(result)
+                else:
+                    super().set_exception(error)
+            except InvalidStateError:
                 return None
-            if error is None:
-                assert result is not None
-                super().set_result(result)
-            else:
-                super().set_exception(error)
             return self._take_callbacks()
 
     def mark_running(self) -> None:
         """The message was written: ``running()`` is True from now (unless done already)."""
-        with self._lock():
-            if not self.done() and not self.running():
-                super().set_running_or_notify_cancel()
+        owner = self._owner
+        with _ORPHAN_LOCK if owner is None else owner.resolve_lock:
+            self._mark_running()
+
+    def _mark_running(self) -> None:
+        """Caller holds the lock."""
+        # Not set_running_or_notify_cancel() on a future running already (a message
+        # written again after a reconnect): Future logs that at CRITICAL.
+        if not self.done() and not self.running():
+            super().set_running_or_notify_cancel()
+
+
+def mark_all_running(futures: Sequence[MessageFuture]) -> None:
+    """:meth:`MessageFuture.mark_running` of each, taking their owner's lock once, not once
+    per future (a writer marks a whole batch it wrote)."""
+    if not futures:
+        return
+    owner = futures[0]._owner
+    others = []
+    with _ORPHAN_LOCK if owner is None else owner.resolve_lock:
+        for future in futures:
+            if future._owner is owner:
+                future._mark_running()
+            else:
+                others.append(future)
+    for future in others:  # another owner's: under its own lock
+        future.mark_running()

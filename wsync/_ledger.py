@@ -53,6 +53,14 @@ class EntryState(enum.IntEnum):
     DONE = 3
 
 
+# The members as plain names: on Python < 3.12, ``EntryState.QUEUED`` costs a class attribute
+# lookup through the enum machinery (about 80 ns), several times per message.
+_QUEUED: Final = EntryState.QUEUED
+_TAKEN: Final = EntryState.TAKEN
+_WRITTEN: Final = EntryState.WRITTEN
+_DONE: Final = EntryState.DONE
+
+
 class Entry:
     """One message the client is responsible for until it is answered or failed."""
 
@@ -65,7 +73,7 @@ class Entry:
         self.message_id = message_id
         self.text = text  # the encoded `message` frame, written as-is (resends too)
         self.future = future
-        self.state = EntryState.QUEUED
+        self.state = _QUEUED
         self.deliveries = deliveries  # connections it was written on that ended unanswered
         self.written = False  # written on some connection: a cancel fails from then on
         # In a write when its connection was lost: if that write then reports that it went
@@ -153,7 +161,7 @@ class Ledger:
             and (self.window is None or self.window.take(1, now) == 1)
         ):
             self.pending[entry.message_id] = entry
-            entry.state = EntryState.TAKEN
+            entry.state = _TAKEN
             self.in_flight += 1
             self.writer = entry
             return True
@@ -163,20 +171,26 @@ class Ledger:
     def finish(self, entry: Entry) -> None:
         """Take ``entry`` (which is in the ledger) out for good: DONE, counters fixed."""
         del self.pending[entry.message_id]
-        if entry.state is EntryState.QUEUED:
+        if entry.state is _QUEUED:
             self.queued -= 1
         else:
             self.in_flight -= 1
         if entry.deliveries and self.max_deliveries is not None:
             self.suspects -= 1
-        entry.state = EntryState.DONE
+        entry.state = _DONE
 
     def answer(self, message_id: str) -> Entry | None:
         """A response for ``message_id``: the answered entry, or None (unknown, duplicate)."""
         self.received += 1
-        entry = self.pending.get(message_id)
-        if entry is not None:
-            self.finish(entry)
+        entry = self.pending.pop(message_id, None)
+        if entry is not None:  # finish(), inlined: this runs once per response
+            if entry.state is _QUEUED:
+                self.queued -= 1
+            else:
+                self.in_flight -= 1
+            if entry.deliveries and self.max_deliveries is not None:
+                self.suspects -= 1
+            entry.state = _DONE
         return entry
 
     def withdraw(self, message_id: str, future: object = None) -> Entry | None:
@@ -185,7 +199,7 @@ class Ledger:
         With ``future``, only the message of that very future (an id may be reused later).
         """
         entry = self.pending.get(message_id)
-        if entry is None or entry.state is not EntryState.QUEUED or entry.written:
+        if entry is None or entry.state is not _QUEUED or entry.written:
             return None
         if future is not None and entry.future is not future:
             return None
@@ -203,7 +217,7 @@ class Ledger:
         """Remove every message (they all fail); returns them in send() order."""
         entries = tuple(self.pending.values())
         for entry in entries:
-            entry.state = EntryState.DONE
+            entry.state = _DONE
         self.pending.clear()
         self._to_write.clear()
         self.queued = self.in_flight = self.suspects = 0
@@ -222,11 +236,11 @@ class Ledger:
             self.writer = None
         queued = in_flight = suspects = 0
         for entry in self.pending.values():
-            if entry.state is EntryState.TAKEN and (self.writer is None or entry is owner):
-                entry.state = EntryState.QUEUED  # taken by a write that never happened
-            elif entry.state is EntryState.DONE:
-                entry.state = EntryState.QUEUED  # finished half-way: still ours
-            if entry.state is EntryState.QUEUED:
+            if entry.state is _TAKEN and (self.writer is None or entry is owner):
+                entry.state = _QUEUED  # taken by a write that never happened
+            elif entry.state is _DONE:
+                entry.state = _QUEUED  # finished half-way: still ours
+            if entry.state is _QUEUED:
                 queued += 1
             else:
                 in_flight += 1
@@ -235,7 +249,7 @@ class Ledger:
         self.queued, self.in_flight, self.suspects = queued, in_flight, suspects
         if self.open:
             self._to_write = deque(
-                e for e in self.pending.values() if e.state is EntryState.QUEUED
+                e for e in self.pending.values() if e.state is _QUEUED
             )
 
     # --- writing --------------------------------------------------------------------------
@@ -263,18 +277,18 @@ class Ledger:
         limit = self.max_deliveries
         for entry in self.pending.values():
             state = entry.state
-            if state is EntryState.QUEUED:
+            if state is _QUEUED:
                 continue
             if blame and limit is not None:
                 # (With no limit nothing is counted, and nothing is written one at a time.)
-                if state is EntryState.WRITTEN:
+                if state is _WRITTEN:
                     if self._count_delivery(entry):
                         poisoned.append(entry)
                 else:
                     # TAKEN: its write may have reached the server before the loss was seen,
                     # and reports later; it is blamed then (a poison message is not let off).
                     entry.caught = True
-            entry.state = EntryState.QUEUED
+            entry.state = _QUEUED
         self.queued += self.in_flight
         self.in_flight = 0
         self.poisoned_total += len(poisoned)
@@ -300,9 +314,9 @@ class Ledger:
         size = 0
         while to_write and len(entries) < limit and size < WRITE_BATCH_BYTES:
             entry = to_write.popleft()
-            if entry.state is not EntryState.QUEUED:
+            if entry.state is not _QUEUED:
                 continue  # withdrawn, cancelled or answered meanwhile
-            entry.state = EntryState.TAKEN
+            entry.state = _TAKEN
             entries.append(entry)
             size += len(entry.text)
         if window is not None and len(entries) < limit:
@@ -339,8 +353,8 @@ class Ledger:
         for entry in entries:
             entry.written = True
             if current:
-                if entry.state is EntryState.TAKEN:
-                    entry.state = EntryState.WRITTEN
+                if entry.state is _TAKEN:
+                    entry.state = _WRITTEN
             elif entry.caught:
                 # The loss queued it again already; it counts that loss now it is known
                 # to have been written on it (unless it was answered meanwhile).
@@ -363,8 +377,8 @@ class Ledger:
             return
         back: list[Entry] = []
         for entry in entries:
-            if entry.state is EntryState.TAKEN and self.pending.get(entry.message_id) is entry:
-                entry.state = EntryState.QUEUED
+            if entry.state is _TAKEN and self.pending.get(entry.message_id) is entry:
+                entry.state = _QUEUED
                 self.in_flight -= 1
                 self.queued += 1
                 back.append(entry)

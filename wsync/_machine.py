@@ -67,6 +67,10 @@ class Control(enum.Enum):
     PING = "ping"
     PONG = "pong"
 
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is Python code,
+    # run for every set lookup on the per-message paths).
+    __hash__ = object.__hash__
+
 
 class Wake(enum.Enum):
     """A thread to wake."""
@@ -77,6 +81,8 @@ class Wake(enum.Enum):
     # Something was written that the server answers (or the state changed): a reader that
     # parked to lend the socket to a caller reads again at once, unless a caller reads.
     READER = "reader"
+
+    __hash__ = object.__hash__  # as Control's
 
 
 # --- actions: what the engine must do -----------------------------------------------------
@@ -170,6 +176,16 @@ Action = (
 )
 
 _CONTROL_ORDER: Final = (Control.CONNECT, Control.PING, Control.PONG)
+# Pongs owed to server pings the writer has not answered yet, at most: each ping gets its
+# pong, unless the server pings faster than it reads (then the excess is answered once).
+MAX_PONGS_OWED: Final = 16
+_RESPONSE: Final = protocol.Response  # looked up once per incoming frame
+# Enum members as plain names, for the per-message paths: on Python < 3.12 ``Wake.WRITER``
+# costs a class attribute lookup through the enum machinery (about 90 ns).
+_CONFIRMED: Final = Status.CONFIRMED
+_WAKE_WRITER: Final = Wake.WRITER
+_WAKE_TIMER: Final = Wake.TIMER
+_WAKE_WAITERS: Final = Wake.WAITERS
 
 
 def _with_cause(exc: BaseException, cause: BaseException | None) -> BaseException:
@@ -250,12 +266,17 @@ class Machine:
         self._ping_sent_at: float | None = None
         self.last_rtt: float | None = None
 
-        self._owed: set[Control] = set()  # control frames owed, at most one of each
+        # Control frames owed: how many of each (one connect, one ping; a pong per server
+        # ping, up to MAX_PONGS_OWED: a flood of pings cannot grow one write without bound).
+        self._owed: dict[Control, int] = {}
         self.reconnects = 0
         self.malformed = 0
 
         self._actions: list[Action] = []
         self._woken: set[Wake] = set()
+        # A send() woke the writer, which has not looked (writable()) since: later sends
+        # need not wake it again (under a stream of sends, most would otherwise).
+        self._writer_woken = False
 
     # --- the action buffer ----------------------------------------------------------------
 
@@ -312,7 +333,8 @@ class Machine:
     @property
     def controls(self) -> list[Control]:
         """The control frames owed, in the order they are written."""
-        return [c for c in _CONTROL_ORDER if c in self._owed]
+        owed = self._owed
+        return [c for c in _CONTROL_ORDER for _ in range(owed.get(c, 0))]
 
     def stats(self) -> Stats:
         ledger = self.ledger
@@ -348,15 +370,20 @@ class Machine:
         """Whether a writer has anything to write now (ignoring the rate limit)."""
         if self._owed and self._conn_open:
             return True
-        return self.status is Status.CONFIRMED and self.ledger.can_take()
+        return self.status is _CONFIRMED and self.ledger.can_take()
 
     def writable(self) -> bool:
-        """Whether the writer thread may take a write now: something to write, nobody writing."""
+        """Whether the writer thread may take a write now: something to write, nobody writing.
+
+        The writer thread's question before it writes or waits: a send() from now on wakes
+        it again.
+        """
+        self._writer_woken = False
         return self.ledger.writer is None and self.has_writes()
 
     def next_write_at(self, now: float) -> float | None:
         """When the rate limit allows the next message, if one waits for it."""
-        if self.status is not Status.CONFIRMED:
+        if self.status is not _CONFIRMED:
             return None
         return self.ledger.next_write_at(now)
 
@@ -543,13 +570,14 @@ class Machine:
         :meth:`not_written`. Otherwise it is queued and the writer is woken.
         """
         ledger = self.ledger
-        if inline and self.status is Status.CONFIRMED and self._conn_open and not self._owed:
+        if inline and self.status is _CONFIRMED and self._conn_open and not self._owed:
             if ledger.take_inline(entry, now):
                 return True  # else take_inline queued it
         else:
             ledger.add(entry)
-        if ledger.open and ledger.writer is None:
-            self._wake(Wake.WRITER)
+        if ledger.open and ledger.writer is None and not self._writer_woken:
+            self._writer_woken = True
+            self._wake(_WAKE_WRITER)
         return False
 
     def withdraw(self, message_id: str, future: object = None) -> Entry | None:
@@ -643,10 +671,13 @@ class Machine:
                     self.next_ping_at = now + self.heartbeat_interval
 
     def _owe(self, control: Control) -> None:
-        """Owe one control frame; owing it twice owes it once (memory stays bounded)."""
-        if control not in self._owed:
-            self._owed.add(control)
-            self._wake(Wake.WRITER)
+        """Owe one more control frame: a connect or a ping owed twice is owed once; a pong
+        is owed per server ping, up to MAX_PONGS_OWED (memory stays bounded)."""
+        owed = self._owed.get(control, 0)
+        if owed < (MAX_PONGS_OWED if control is Control.PONG else 1):
+            self._owed[control] = owed + 1
+            if not owed:
+                self._wake(Wake.WRITER)  # (one owed already: the writer was woken for it)
 
     def _prove(self) -> None:
         """The confirmed connection proved itself: the attempt count starts again."""
@@ -741,7 +772,7 @@ class Machine:
         if generation != self.generation or not self._conn_open:
             return
         kind = type(frame)
-        if kind is protocol.Response:
+        if kind is _RESPONSE:
             self._on_response(frame, now)  # type: ignore[arg-type]
         elif kind is protocol.Pong:
             if self.status is Status.CONFIRMED:
@@ -762,19 +793,21 @@ class Machine:
             self.malformed += 1
 
     def _on_response(self, frame: protocol.Response, now: float) -> None:
-        if self.status is Status.CONFIRMED and not self.proven:
+        if not self.proven and self.status is _CONFIRMED:
             self._prove()
-            self._wake(Wake.TIMER)
-        entry = self.ledger.answer(frame.message_id)
+            self._wake(_WAKE_TIMER)
+        ledger = self.ledger
+        actions = self._actions
+        entry = ledger.answer(frame.message_id)
         if entry is not None:
-            self._actions.append(Resolve(entry, frame))
+            actions.append(Resolve(entry, frame))
             if self.durable:
-                self._actions.append(Forget((entry.message_id,)))
-            if not self.ledger.pending:
-                self._wake(Wake.WAITERS)
-            elif self.ledger.suspects or entry.deliveries:
-                self._wake(Wake.WRITER)  # one at a time: the next one may go now
-        self._actions.append(OnResponse(frame))
+                actions.append(Forget((entry.message_id,)))
+            if not ledger.pending:
+                self._wake(_WAKE_WAITERS)
+            elif ledger.suspects or entry.deliveries:
+                self._wake(_WAKE_WRITER)  # one at a time: the next one may go now
+        actions.append(OnResponse(frame))
 
     def _on_confirm(self, frame: protocol.ConnectConfirm, now: float) -> None:
         if self.status is not Status.PENDING:
@@ -843,7 +876,7 @@ class Machine:
             return [], []
         controls = self.controls
         self._owed.clear()
-        if self.status is not Status.CONFIRMED:
+        if self.status is not _CONFIRMED:
             return controls, []
         return controls, self.ledger.take(now, limit)
 
@@ -863,7 +896,7 @@ class Machine:
             if poisoned:
                 self._poisoned(poisoned)
         if self.has_writes():
-            self._wake(Wake.WRITER)
+            self._wake(_WAKE_WRITER)
 
     def not_written(
         self, generation: int, owner: object, entries: list[Entry], error: BaseException | None,

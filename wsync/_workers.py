@@ -46,6 +46,7 @@ from wsync._errors import ConnectError, ProtocolError
 from wsync._ledger import Entry, EntryState
 from wsync._machine import Control, Machine
 from wsync._timers import Clock
+from wsync.protocol import Response
 
 __all__ = ["PARK_GRACE", "Host", "MalformedLog", "Reader", "Timer", "Turn", "Writer"]
 
@@ -268,6 +269,8 @@ class Turn(enum.Enum):
 
 
 DONE: Final = EntryState.DONE
+# At most this many responses one read brought are handled under one hold of the lock.
+BATCH: Final = 64
 
 # How long a parked reader waits for a caller to take its turn before reading again. While
 # parked nothing is owed to anyone: no message in flight or queued, no ping unanswered (a
@@ -446,16 +449,34 @@ class Reader:
         if type(data) is not str:
             self._malformed(f"binary frame of {len(data)} bytes")
             return
+        decode = protocol.decode
         try:
-            frame = protocol.decode(data)
+            frame = decode(data)
         except ProtocolError as exc:
             self._malformed(f"{exc} ({len(data)} characters)")
             return
+        # Responses the same read brought are handled in one go (one lock hold, one drain);
+        # anything else ends the batch, so that no two pings are merged into one pong.
+        frames = [frame]
+        if type(frame) is Response:
+            recv_buffered = self._transport.recv_buffered
+            while type(frames[-1]) is Response and len(frames) < BATCH:
+                more = recv_buffered()
+                if more is None:
+                    break
+                if type(more) is not str:
+                    self._malformed(f"binary frame of {len(more)} bytes")
+                    continue
+                try:
+                    frames.append(decode(more))
+                except ProtocolError as exc:
+                    self._malformed(f"{exc} ({len(more)} characters)")
         host = self._host
         with host.lock:
             machine = host.machine
             now = host.clock()
-            machine.on_frame(self.generation, frame, now)
+            for frame in frames:
+                machine.on_frame(self.generation, frame, now)
             later = host.drain()
             if park and host.sync_waiters and not machine.expecting and not host.closing:
                 self._park(now)

@@ -26,6 +26,7 @@ from wsync._frames import (
     encode_close,
     encode_frame,
     encode_text,
+    encode_texts,
 )
 
 LIMIT = 1 << 20
@@ -88,6 +89,22 @@ def unmask(data: bytes) -> tuple[int, bool, bytes]:
     return first & 0x0F, bool(first & 0x80), bytes(b ^ key[i % 4] for i, b in enumerate(body))
 
 
+def split_client_frames(data: bytes) -> list[bytes]:
+    """The masked client frames one after the other in ``data``, each whole."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        n, head = data[pos + 1] & 0x7F, 2
+        if n == 126:
+            n, head = struct.unpack("!H", data[pos + 2 : pos + 4])[0], 4
+        elif n == 127:
+            n, head = struct.unpack("!Q", data[pos + 2 : pos + 10])[0], 10
+        end = pos + head + 4 + n
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
 def peak_bytes(chunks: Iterable[bytes], max_size: int = LIMIT) -> tuple[int, list[Event]]:
     """Feed ``chunks`` (made lazily) and return the peak memory traced, and the events."""
     parser = Parser(max_size)
@@ -118,6 +135,14 @@ class TestMessages:
     def test_every_length_encoding(self, size: int) -> None:
         """7-bit, 16-bit and 64-bit payload lengths all parse."""
         assert events(frame(OP_TEXT, b"a" * size)) == ["a" * size]
+
+    def test_16_bit_length_frames_back_to_back(self) -> None:
+        """Frames of 126 to 65535 bytes (the one-frame fast path) parse whole or split anywhere."""
+        data = b"".join(frame(OP_TEXT, b"%d" % n * n) for n in (126, 200, 300))
+        data += frame(OP_BINARY, b"\x00" * 65535) + frame(OP_TEXT, "é".encode() * 100)
+        want = [str(n) * n for n in (126, 200, 300)] + [b"\x00" * 65535, "é" * 100]
+        for chunk in (None, 1, 3, 129, 4096):
+            assert events(data, chunk=chunk) == want
 
     def test_any_split_of_the_stream_gives_the_same_events(self) -> None:
         """Bytes fed one at a time make the same events as bytes fed at once."""
@@ -159,6 +184,54 @@ class TestMessages:
         ping, pong = events(frame(OP_PING, b"hi") + frame(OP_PONG, b"yo"))
         assert isinstance(ping, Ping) and ping.payload == b"hi"
         assert isinstance(pong, Pong) and pong.payload == b"yo"
+
+
+class TestNextMessage:
+    def test_takes_whole_one_frame_messages_at_the_front(self) -> None:
+        """next_message() hands out whole data messages of a 7- or 16-bit length, in order."""
+        parser = Parser(LIMIT)
+        parser.feed(frame(OP_TEXT, b"a") + frame(OP_BINARY, b"b" * 300) + frame(OP_TEXT, b"c"))
+        assert [parser.next_message() for _ in range(4)] == ["a", b"b" * 300, "c", None]
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            frame(OP_PING, b"p"),
+            frame(OP_TEXT, b"part", fin=False),
+            frame(OP_TEXT, b"x" * 101),  # over max_size
+            frame(OP_TEXT, b"\xff"),
+            frame(OP_TEXT, b"x" * 300)[:150],  # not all fed yet
+            frame(OP_TEXT, b"x" * 300)[:3],  # half a 16-bit length
+            frame(OP_TEXT, b"x", mask=b"abcd"),
+            frame(OP_TEXT, b"x" * 70_000),
+        ],
+    )
+    def test_leaves_anything_else_to_next_event(self, data: bytes) -> None:
+        """Anything but a whole one-frame message is left in place, and next_event() decides."""
+        parser = Parser(100)
+        parser.feed(data)
+        assert parser.next_message() is None
+        assert parser.buffered() == len(data)
+        fresh = Parser(100)
+        fresh.feed(data)
+        try:
+            want: object = fresh.next_event()
+        except ProtocolViolation as exc:
+            with pytest.raises(ProtocolViolation) as caught:
+                parser.next_event()
+            assert caught.value.code == exc.code
+        else:
+            got = parser.next_event()
+            assert type(got) is type(want)
+
+    def test_nothing_while_a_fragmented_message_is_open(self) -> None:
+        """Between the fragments of a message, even a whole frame is left to next_event()."""
+        parser = Parser(LIMIT)
+        parser.feed(frame(OP_TEXT, b"one", fin=False))
+        assert parser.next_event() is None  # the fragment is stored
+        parser.feed(frame(OP_CONT, b"two"))
+        assert parser.next_message() is None
+        assert parser.next_event() == "onetwo"
 
 
 class TestUtf8:
@@ -238,6 +311,15 @@ class TestProtocolErrors:
         """A server must not mask its frames (RFC 6455 5.1)."""
         assert violation(frame(OP_TEXT, b"x", mask=b"abcd")).code == 1002
 
+    @pytest.mark.parametrize("size", [126, 300, 65535])
+    def test_masked_server_frame_with_a_16_bit_length_fails(self, size: int) -> None:
+        """A masked server frame fails whatever its length encoding."""
+        assert violation(frame(OP_TEXT, b"x" * size, mask=b"abcd")).code == 1002
+
+    def test_invalid_utf8_in_a_16_bit_length_frame_fails_with_1007(self) -> None:
+        """Text of 126 bytes or more is checked as strictly as short text."""
+        assert violation(frame(OP_TEXT, b"a" * 200 + b"\xff")).code == 1007
+
     def test_fragmented_control_frame_fails(self) -> None:
         """Control frames must not be fragmented."""
         assert violation(frame(OP_PING, b"x", fin=False)).code == 1002
@@ -280,6 +362,13 @@ class TestSizeLimit:
         out = events(data, max_size=100, chunk=5)
         assert [type(e) for e in out] == [Dropped, Ping, str]
         assert out[-1] == "next"
+
+    @pytest.mark.parametrize("size", [201, 300, 65535])
+    def test_oversize_16_bit_length_frame_is_dropped(self, size: int) -> None:
+        """A frame of 126 to 65535 bytes over the limit is dropped, and the next arrives."""
+        out = events(frame(OP_TEXT, b"a" * size) + frame(OP_TEXT, b"n" * 200), max_size=200)
+        assert isinstance(out[0], Dropped) and out[0].length == size
+        assert out[1:] == ["n" * 200]
 
     def test_limit_below_125_still_applies_to_short_frames(self) -> None:
         """With a limit under 125 bytes, a short frame over it is still dropped."""
@@ -355,6 +444,33 @@ class TestEncode:
         """The masking key is 4 fresh random bytes (RFC 6455 5.3)."""
         data = encode_frame(OP_TEXT, b"abcd", _urandom=lambda n: b"\x01\x02\x03\x04")
         assert data == bytes([0x81, 0x84, 1, 2, 3, 4, 0x60, 0x60, 0x60, 0x60])
+
+    def test_encode_texts_gives_each_frame_its_own_key(self) -> None:
+        """A batch is the frames of each text in order, each masked with its own 4 random bytes."""
+        texts = ["", "a", "é" * 62, "b" * 126, "c" * 65535, "d" * 65536, "last"]
+        keys = bytes(range(1, 4 * len(texts) + 1))
+        data = encode_texts(texts, _urandom=lambda n: keys[:n])
+        frames = split_client_frames(data)
+        assert [unmask(f) for f in frames] == [(OP_TEXT, True, t.encode()) for t in texts]
+        for i, one in enumerate(frames):
+            head = 2 if len(one) < 6 + 126 else 4 if len(one) < 8 + 65536 else 10
+            assert one[head : head + 4] == keys[4 * i : 4 * i + 4]
+
+    def test_encode_texts_draws_fresh_keys(self) -> None:
+        """Two batches of the same texts are masked differently (keys from os.urandom)."""
+        texts = ["same text"] * 4
+        first = split_client_frames(encode_texts(texts))
+        second = split_client_frames(encode_texts(texts))
+        assert len({f[2:6] for f in first + second}) == 8
+        assert [unmask(f) for f in first] == [unmask(f) for f in second]
+
+    def test_encode_texts_refuses_any_bad_text_whole(self) -> None:
+        """One bad text in a batch raises as encode_text does, and nothing is returned."""
+        with pytest.raises(TypeError):
+            encode_texts(["ok", b"x"])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="surrogate"):
+            encode_texts(["ok", "\ud800"])
+        assert encode_texts([]) == b""
 
     def test_encode_text_refuses_non_str_and_lone_surrogates(self) -> None:
         """encode_text raises TypeError for bytes and ValueError for a lone surrogate."""

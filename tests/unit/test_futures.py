@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import TIMEOUT
 from wsync import MessageFuture, Response
+from wsync._futures import mark_all_running
 
 RESPONSE = Response(
     message_id="m", content="c", timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -111,6 +112,44 @@ class TestSettle:
         done.settle(RESPONSE, None)
         done.mark_running()
         assert done.done() and not done.running()
+
+    def test_mark_running_twice_logs_nothing(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A message written again (after a reconnect) is marked again without Future's
+        CRITICAL "unexpected state" log."""
+        future = MessageFuture("m", _Owner())
+        future.mark_running()
+        with caplog.at_level("DEBUG"):
+            future.mark_running()
+            mark_all_running([future])
+        assert caplog.records == [] and future.running()
+
+    def test_mark_all_running_marks_each_under_its_owner_lock(self) -> None:
+        """mark_all_running() marks every pending future, leaves finished ones alone, and
+        takes a future of another owner under that owner's lock."""
+        owner, other = _Owner(), _Owner()
+        futures = [MessageFuture("a", owner), MessageFuture("b", owner), MessageFuture("c", other)]
+        futures[1].settle(RESPONSE, None)
+        held: list[bool] = []
+        real = futures[2]._mark_running
+
+        def spy() -> None:
+            held.append(other.resolve_lock.locked() and not owner.resolve_lock.locked())
+            real()
+
+        futures[2]._mark_running = spy  # type: ignore[method-assign]
+        mark_all_running(futures)
+        assert futures[0].running() and futures[2].running()
+        assert futures[1].done() and not futures[1].running()
+        assert held == [True]
+        mark_all_running([])  # nothing to do
+
+    def test_settle_after_a_cancel_changes_nothing(self) -> None:
+        """A cancelled future refuses a late result: settle() says so with None."""
+        future = MessageFuture("m", _Owner())
+        assert future.cancel()
+        assert future.settle(RESPONSE, None) is None
+        assert future.settle(None, RuntimeError("late")) is None
+        assert future.cancelled()
 
     def test_no_private_future_state_is_touched(self) -> None:
         """MessageFuture uses Future's public API only: no _state, _condition, _waiters or

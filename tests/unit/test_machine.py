@@ -29,6 +29,7 @@ from wsync._errors import (
 from wsync._futures import MessageFuture
 from wsync._ledger import Entry, EntryState
 from wsync._machine import (
+    MAX_PONGS_OWED,
     Abort,
     Action,
     Control,
@@ -1133,11 +1134,18 @@ class TestServerPing:
         assert m.has_writes()
         assert m.take_writes(gen, T0 + 1) == ([Control.PONG], [])
 
-    def test_ping_flood_owes_one_pong(self) -> None:
-        """Any number of pings not yet answered owe one PONG, and only the first wakes the writer.
+    def test_each_ping_owes_a_pong(self) -> None:
+        """Two pings read before the writer runs owe two PONGs, written together."""
+        m = make_machine()
+        gen = confirmed(m)
+        m.on_frame(gen, PING, T0 + 1)
+        m.on_frame(gen, PING, T0 + 1)
+        assert m.drain() == [Wake.WRITER]
+        assert m.take_writes(gen, T0 + 1) == ([Control.PONG, Control.PONG], [])
 
-        Changed: each ping used to queue its own PONG (a ping flood grew memory without bound).
-        """
+    def test_ping_flood_owes_at_most_the_cap(self) -> None:
+        """Any number of pings not yet answered owe at most MAX_PONGS_OWED PONGs (a ping flood
+        cannot grow memory or one write), and only the first wakes the writer."""
         m = make_machine()
         gen = confirmed(m)
         m.on_frame(gen, PING, T0 + 1)
@@ -1145,8 +1153,8 @@ class TestServerPing:
         for _ in range(1000):
             m.on_frame(gen, PING, T0 + 2)
         assert m.drain() == []
-        assert m.controls == [Control.PONG]
-        assert m.take_writes(gen, T0 + 2) == ([Control.PONG], [])
+        assert m.controls == [Control.PONG] * MAX_PONGS_OWED
+        assert m.take_writes(gen, T0 + 2) == ([Control.PONG] * MAX_PONGS_OWED, [])
         assert m.controls == []
 
     def test_controls_before_messages(self) -> None:
@@ -2055,7 +2063,36 @@ class TestWakes:
         m.send(entry("a"), T0)
         m.send(entry("b"), T0)
         assert m.drain() == [Wake.WRITER]
+        m.writable()  # the writer looked
         m.send(entry("c"), T0)
+        assert m.drain() == [Wake.WRITER]
+
+    def test_sends_wake_the_writer_once_until_it_looks(self) -> None:
+        """Sends after a wake do not wake the writer again until it has looked (writable())."""
+        m = make_machine()
+        confirmed(m)
+        m.send(entry("a"), T0)
+        m.send(entry("b"), T0)
+        assert m.drain() == [Wake.WRITER]
+        m.send(entry("c"), T0)
+        assert m.drain() == []  # woken already, not looked yet
+        assert m.writable()
+        m.send(entry("d"), T0)
+        assert m.drain() == [Wake.WRITER]
+
+    def test_a_writer_that_found_nothing_is_woken_by_the_next_send(self) -> None:
+        """The writer looked and found nothing to write (the message was withdrawn): the next
+        send wakes it, so no message waits for a writer asleep."""
+        m = make_machine()
+        confirmed(m)
+        m.send(entry("a"), T0)
+        assert m.drain() == [Wake.WRITER]
+        assert m.withdraw("a") is not None
+        m.drain()
+        assert m.writable()  # the withdrawn entry is skipped when taken
+        assert m.take_writes(m.generation, T0) == ([], [])
+        assert not m.writable()
+        m.send(entry("b"), T0)
         assert m.drain() == [Wake.WRITER]
 
     def test_drain_empties_the_buffer(self) -> None:

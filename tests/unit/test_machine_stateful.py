@@ -34,6 +34,7 @@ from wsync._errors import (
 from wsync._futures import MessageFuture
 from wsync._ledger import Entry, EntryState
 from wsync._machine import (
+    MAX_PONGS_OWED,
     Abort,
     Action,
     Control,
@@ -934,16 +935,18 @@ class MachineModel(RuleBasedStateMachine):
             assert [type(a) for a in actions] == [OnError, Fail, *forget]
             assert actions[1].entries == (holder,)  # type: ignore[union-attr]
 
-    @rule(pick=ANY_GEN, flood=st.integers(1, 3))
+    @rule(pick=ANY_GEN, flood=st.integers(1, 20))
     def ping(self, pick: int, flood: int) -> None:
-        """The server pings, maybe several times before the PONG is written."""
+        """The server pings, maybe several times before the PONG is written: one PONG owed
+        per ping, up to the cap."""
         m = self.machine
         gen = self._reader_gen(pick)
         if gen is None:
             return
         for _ in range(flood):
+            owed = m.controls.count(Control.PONG)
             if self._frame(gen, protocol.Ping(timestamp=TS)) is not None:
-                assert m.controls.count(Control.PONG) == 1
+                assert m.controls.count(Control.PONG) == min(owed + 1, MAX_PONGS_OWED)
 
     @rule(pick=ANY_GEN)
     def pong(self, pick: int) -> None:
@@ -999,7 +1002,7 @@ class MachineModel(RuleBasedStateMachine):
             assert not entries or in_flight == 0
         elif prev is CF and self.rate is None:
             assert len(entries) == min(limit, len(queued))
-        assert controls == [c for c in CONTROL_ORDER if c in controls]
+        assert controls == sorted(controls, key=CONTROL_ORDER.index)
         if controls and gen not in self.first_control:
             self.first_control[gen] = controls[0]
             assert controls[0] is Control.CONNECT, "connect goes first on every connection"
@@ -1240,11 +1243,14 @@ class MachineModel(RuleBasedStateMachine):
 
     @invariant()
     def one_of_each_control_owed(self) -> None:
-        """At most one of each control frame is owed, in the order they are written."""
+        """At most one connect and one ping are owed, pongs up to the cap, in the order they
+        are written."""
         if self.m is None:
             return
         controls = self.m.controls
-        assert controls == [c for c in CONTROL_ORDER if c in controls]
+        assert controls == sorted(controls, key=CONTROL_ORDER.index)
+        assert controls.count(Control.CONNECT) <= 1 and controls.count(Control.PING) <= 1
+        assert controls.count(Control.PONG) <= MAX_PONGS_OWED
 
     @invariant()
     def first_writes_follow_send_order(self) -> None:
