@@ -29,7 +29,7 @@ from typing import Final
 
 import attrs
 
-from wsync import _exit, protocol
+from wsync import _exit, _scheduler, protocol
 from wsync._backoff import Backoff
 from wsync._connection import Transport, TransportClosed
 from wsync._dispatch import Callbacks, Dispatcher, call_each, changed
@@ -117,7 +117,17 @@ class _Teardown:
     reason: str
 
 
-_Later = list[Action | _Teardown]
+@attrs.define
+class _StartWriter:
+    """Start the writer thread ``thread`` (made under the lock by ``Writer.wake``)."""
+
+    thread: threading.Thread
+
+
+_Later = list[Action | _Teardown | _StartWriter]
+
+# What the shared timer thread carries out itself: nothing among them blocks.
+_QUICK = (Open, Abort, _Teardown, _StartWriter, Log)
 
 
 class Engine:
@@ -177,11 +187,14 @@ class Engine:
         )
         n = self.number
         self._dispatch = Dispatcher(self.lock, name=f"wsync-callbacks-{n}")
+        # The writer's thread exists only while there is a backlog; the deadlines run on the
+        # process-wide timer thread; each attempt to connect on a thread of its own.
         self._writer = Writer(self, name=f"wsync-writer-{n}")
-        self._timer = Timer(self, name=f"wsync-timer-{n}")
+        self._timer = Timer(self, _scheduler.scheduler())
         self._started = False
         self._transports: dict[int, Transport] = {}
         self._opening: int | None = None  # generation of the open in flight
+        self._connecting: threading.Thread | None = None  # the latest connect thread
         self._readers: list[threading.Thread] = []
         self._threads: set[threading.Thread] = set()  # every thread this client started
         self._resolving = 0  # futures being settled outside the lock (flush waits for them)
@@ -225,14 +238,13 @@ class Engine:
         return threading.current_thread() in self._threads
 
     def _start_threads(self) -> None:
-        """Start the writer, timer and callbacks threads once. Caller holds self.lock."""
+        """Join the timer thread and let the callbacks thread start, once. Caller holds
+        self.lock. (The writer and connect threads start when there is work for them.)"""
         if self._started:
             return
         self._started = True
         self._dispatch.enable()
-        for thread in (self._writer.thread, self._timer.thread):
-            self._threads.add(thread)
-            thread.start()
+        self._timer.start()
 
     @property
     def closing(self) -> bool:
@@ -251,7 +263,9 @@ class Engine:
         for action in self.machine.drain():
             match action:
                 case Wake.WRITER:
-                    self._writer.wake()
+                    thread = self._writer.wake()
+                    if thread is not None:
+                        later.append(_StartWriter(thread))  # started outside the lock
                 case Wake.TIMER:
                     self._timer.wake()
                 case Wake.WAITERS:
@@ -315,7 +329,7 @@ class Engine:
         if interrupted is not None:
             raise interrupted
 
-    def _carry_out_one(self, action: Action | _Teardown) -> None:
+    def _carry_out_one(self, action: Action | _Teardown | _StartWriter) -> None:
         match action:
             case Resolve(entry=entry, response=response):
                 self._settle(entry.future, response, None)
@@ -342,6 +356,8 @@ class Engine:
                         self._connector.cancel()
             case Open():
                 self._open(action)
+            case _StartWriter(thread=thread):
+                self._writer.start(thread)
             case Log(level=level, message=message):
                 logger.log(level, "%s", message)
 
@@ -380,10 +396,56 @@ class Engine:
         except Exception:
             logger.exception("could not remove %d messages from the outbox", len(message_ids))
 
-    # --- the timer thread's open ----------------------------------------------------------
+    # --- the timer thread's work that may block: on other threads ---------------------------
+
+    def carry_out_timed(self, later: _Later) -> None:
+        """``carry_out`` on the shared timer thread, which must never block: what can (a
+        durable outbox's rows removed when messages fail for good) goes to the callbacks
+        thread, the rest is carried out here (an ``Open`` starts a connect thread)."""
+        if self._durable and any(isinstance(a, Fail) and a.final for a in later):
+            slow = [a for a in later if not isinstance(a, _QUICK)]
+            with self.lock:
+                accepting = self._dispatch.accepting()
+                if accepting:
+                    self._dispatch.put(self.carry_out, slow)
+            if accepting:
+                later = [a for a in later if isinstance(a, _QUICK)]
+        self.carry_out(later)
 
     def _open(self, action: Open) -> None:
-        """On the timer thread: one bounded attempt to open a socket."""
+        """Start one bounded attempt to open a socket on the thread ``wsync-connect-<n>``
+        (the timer thread never waits for the network). When no thread can start
+        (interpreter shutdown), the attempt runs here."""
+        with self.lock:
+            if self._closing or action.generation != self.machine.generation:
+                return
+            previous = self._connecting
+            thread = threading.Thread(
+                target=self._open_here,
+                args=(action, previous),
+                name=f"wsync-connect-{self.number}",
+                daemon=True,
+            )
+            self._threads = {t for t in self._threads if t.is_alive()}
+            self._threads.add(thread)
+            # Started under the lock, so that close() (which reads it under the lock) never
+            # finds a thread that is not started yet: one start per attempt.
+            started = _exit.start_thread(thread)
+            if started:
+                self._connecting = thread
+            else:
+                self._threads.discard(thread)
+        if not started:
+            logger.debug("interpreter shutting down: connection %d opens in this thread",
+                         action.generation)
+            self._open_here(action, previous)
+
+    def _open_here(self, action: Open, previous: threading.Thread | None) -> None:
+        """One bounded attempt to open a socket, in this thread; then its reader starts."""
+        if previous is not None and previous is not threading.current_thread():
+            # The attempt before (cancelled, or done) ends first: they share the connector.
+            # It is bounded by its own connect_timeout (it only opens and starts a reader).
+            previous.join(action.timeout)
         generation = action.generation
         # A cancel aimed at an earlier attempt that had already finished must not fail this
         # one; close() cancels after setting _closing, which is checked below.
@@ -433,9 +495,13 @@ class Engine:
             return
         # Python 3.12+ starts no thread once the interpreter is shutting down, and the exit
         # hook's flush may open a connection then (a script that sent and ended at once):
-        # this thread (the timer) reads it itself until it ends; close() aborts it at the
-        # exit deadline. Deadlines wait meanwhile, which the exit's own bound makes harmless.
-        logger.debug("interpreter shutting down: the timer thread reads connection %d", generation)
+        # this thread (the connect thread; the timer thread if even that could not start)
+        # reads it itself until it ends; close() aborts it at the exit deadline. Deadlines
+        # wait meanwhile in the latter case, which the exit's own bound makes harmless.
+        logger.debug(
+            "interpreter shutting down: %s reads connection %d",
+            threading.current_thread().name, generation,
+        )
         reader.run_here()
 
     # --- callbacks (on the callbacks thread: look the callback up now, the client may be gone)
@@ -801,7 +867,6 @@ class Engine:
             if not self._closing:
                 self._closing = True
                 self._writer.wake_all()
-                self._timer.wake_all()
                 self._state_cv.notify_all()
             runner = self._close_runner
             if runner is None and not self._closed_event.is_set():
@@ -830,14 +895,18 @@ class Engine:
                 self._close_runner = None  # interrupted: the next close() finishes the job
 
     def _stop_threads(self, deadline: Deadline, me: threading.Thread, *, quiet: bool) -> None:
-        # The writer sends a close frame and ends; give the server a moment to answer it.
+        # The timer thread forgets this client (and ends if it was the last one).
+        timer = self._timer.stop()
+        # A running writer sends the close frames and ends; else this thread sends them.
+        # Then give the server a moment to answer them.
         limit = deadline.remaining()
         grace = CLOSE_HANDSHAKE if limit is None else min(CLOSE_HANDSHAKE, limit / 2)
         grace_deadline = Deadline(grace)
-        writer, timer = self._writer.thread, self._timer.thread
-        if self._started and writer is not me:
-            writer.join(grace_deadline.remaining())
+        for transport in self._writer.stop(grace_deadline.remaining()):
+            transport.send_close()  # best effort, bounded (about 0.25 s at most)
         with self.lock:
+            writers = self._writer.threads()
+            connecting = self._connecting
             readers = [r for r in self._readers if r.ident is not None]
         for reader in readers:
             if reader is not me:
@@ -856,7 +925,9 @@ class Engine:
             resolver.join(deadline.remaining())
             if resolver.is_alive():
                 stragglers.append(resolver.name)
-        threads = [writer, timer] if self._started else []
+        threads = [*writers, *([connecting] if connecting is not None else [])]
+        if timer is not None:
+            threads.append(timer)
         for thread in (*threads, *readers):
             if thread is me:
                 continue

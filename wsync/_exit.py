@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["register", "start_thread"]
+__all__ = ["on_fork_in_child", "register", "start_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,13 @@ def register(on_exit: Callable[[], None], *, after_fork_in_child: Callable[[], N
             atexit.register(on_exit)
     else:
         atexit.register(on_exit)
+    on_fork_in_child(after_fork_in_child)
+
+
+def on_fork_in_child(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in the child after every ``fork()`` (where there is ``fork()``)."""
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_fork_in_child)
+        os.register_at_fork(after_in_child=fn)
 
 
 def start_thread(thread: threading.Thread) -> bool:
