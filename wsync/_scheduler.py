@@ -105,20 +105,21 @@ class Scheduler:
             self._cv.notify_all()
             return thread
 
-    def schedule(self, job: Job, when: float) -> None:
-        """Fire ``job`` at ``when`` or earlier (a later deadline than the one held is kept as
-        is: the job fires early, finds nothing due and reschedules). May be called with a
-        client's lock held; a job that is not registered is ignored."""
-        due = job.due
-        if due is not None and when >= due:
-            return  # the fast path of every wake (a response wakes the timer)
+    def schedule(self, job: Job, when: float | None) -> None:
+        """Fire ``job`` at ``when`` (None: not at all), instead of the deadline held before.
+
+        May be called with a client's lock held; a job that is not registered is ignored.
+        The entry of a deadline replaced stays in the heap, stale: the thread drops it when
+        it comes (a wake-up, no firing).
+        """
+        if when == job.due:
+            return  # the fast path of most wakes (a pong that leaves the next ping as it was)
         with self._lock:
-            if job not in self._jobs:
-                return
-            due = job.due
-            if due is not None and when >= due:
+            if job not in self._jobs or when == job.due:
                 return
             job.due = when
+            if when is None:
+                return
             heap = self._heap
             heapq.heappush(heap, (when, next(self._seq), job))
             if len(heap) > 2 * len(self._jobs) + _SLACK:
@@ -138,12 +139,16 @@ class Scheduler:
         heap = self._heap
         jobs = self._jobs
         due: list[Job] = []
-        while heap and heap[0][0] <= now:
-            when, _, job = heapq.heappop(heap)
-            if job.due == when and job in jobs:
+        while heap:
+            when, _, job = heap[0]
+            live = job.due == when and job in jobs
+            if live and when > now:
+                return due, when
+            heapq.heappop(heap)  # due, or stale: a stale entry never wakes the thread
+            if live:
                 job.due = None
                 due.append(job)
-        return due, (heap[0][0] if heap else None)
+        return due, None
 
     def _compact(self) -> None:
         self._heap = [(j.due, next(self._seq), j) for j in self._jobs if j.due is not None]

@@ -394,9 +394,7 @@ class Timer:
 
     def wake(self) -> None:
         """The machine's next deadline may have moved. Caller holds the lock."""
-        deadline = self._host.machine.next_deadline()
-        if deadline is not None:
-            self._scheduler.schedule(self, deadline)
+        self._scheduler.schedule(self, self._host.machine.next_deadline())
 
     def fire(self) -> None:
         """On the timer thread: do what is due now, reschedule."""
@@ -414,8 +412,13 @@ class Timer:
                 error = ConnectError("internal error in a wsync thread", phase="connection")
                 host.machine.on_internal_error(error, now)
                 later = host.drain()
-                self._scheduler.schedule(self, now + RECOVER_PAUSE)
-            self.wake()
+                deadline = host.machine.next_deadline()
+                self._scheduler.schedule(
+                    self, now + RECOVER_PAUSE if deadline is None
+                    else max(deadline, now + RECOVER_PAUSE)
+                )
+            else:
+                self.wake()
         if later:
             host.carry_out_timed(later)
 
