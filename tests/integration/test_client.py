@@ -337,7 +337,9 @@ class TestCancelCallbacks:
 
 
 class TestThreads:
-    def test_client_without_callbacks_runs_no_callbacks_thread(self, server: ProtocolServer) -> None:
+    def test_client_without_callbacks_runs_no_callbacks_thread(
+        self, server: ProtocolServer
+    ) -> None:
         """No callbacks to run: no callbacks thread (its reader, a writer while it writes, and
         the shared timer; tests/integration/test_threads.py counts them exactly)."""
         with Client(server.url, backoff=FAST) as c:
