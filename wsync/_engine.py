@@ -194,13 +194,14 @@ class Engine:
         self._started = False
         self._transports: dict[int, Transport] = {}
         self._opening: int | None = None  # generation of the open in flight
-        self._connecting: threading.Thread | None = None  # the latest connect thread
+        # The latest connect thread, weakly: one that ended is not kept.
+        self._connecting: weakref.ref[threading.Thread] | None = None
         self._readers: list[threading.Thread] = []
         self._threads: set[threading.Thread] = set()  # every thread this client started
         self._resolving = 0  # futures being settled outside the lock (flush waits for them)
         self._closing = False
         self._close_runner: threading.Thread | None = None  # the thread running close()
-        self._closed_event = threading.Event()
+        self._closed = False  # close() finished (waiters use _state_cv: no Event per client)
         self._malformed_log = MalformedLog()
         self._forget_buffer: list[str] = []
         self._forget_scheduled = False
@@ -419,9 +420,9 @@ class Engine:
         with self.lock:
             if self._closing or action.generation != self.machine.generation:
                 return
-            previous = self._connecting
+            previous = None if self._connecting is None else self._connecting()
             thread = threading.Thread(
-                target=self._open_here,
+                target=self._connect_main,
                 args=(action, previous),
                 name=f"wsync-connect-{self.number}",
                 daemon=True,
@@ -432,13 +433,21 @@ class Engine:
             # finds a thread that is not started yet: one start per attempt.
             started = _exit.start_thread(thread)
             if started:
-                self._connecting = thread
+                self._connecting = weakref.ref(thread)
             else:
                 self._threads.discard(thread)
         if not started:
             logger.debug("interpreter shutting down: connection %d opens in this thread",
                          action.generation)
             self._open_here(action, previous)
+
+    def _connect_main(self, action: Open, previous: threading.Thread | None) -> None:
+        """The thread ``wsync-connect-<n>``: one attempt, then it is forgotten."""
+        try:
+            self._open_here(action, previous)
+        finally:
+            with self.lock:
+                self._threads.discard(threading.current_thread())
 
     def _open_here(self, action: Open, previous: threading.Thread | None) -> None:
         """One bounded attempt to open a socket, in this thread; then its reader starts."""
@@ -869,12 +878,13 @@ class Engine:
                 self._writer.wake_all()
                 self._state_cv.notify_all()
             runner = self._close_runner
-            if runner is None and not self._closed_event.is_set():
+            if runner is None and not self._closed:
                 self._close_runner = me
         if runner is not None or self._close_runner is not me:
             # Closed already, or closing in another thread (or in ours, from a callback).
             if not self._own_thread() and runner is not me:
-                self._closed_event.wait(deadline.remaining())
+                with self.lock:
+                    self._state_cv.wait_for(lambda: self._closed, deadline.remaining())
             return
         try:
             # Again after an interrupt: machine.close() asks again for whatever is not done.
@@ -889,7 +899,9 @@ class Engine:
             self._stop_threads(deadline, me, quiet=quiet)
             self._report_close(unanswered)
             _live.discard(self)
-            self._closed_event.set()
+            with self.lock:
+                self._closed = True
+                self._state_cv.notify_all()
         finally:
             with self.lock:
                 self._close_runner = None  # interrupted: the next close() finishes the job
@@ -906,7 +918,7 @@ class Engine:
             transport.send_close()  # best effort, bounded (about 0.25 s at most)
         with self.lock:
             writers = self._writer.threads()
-            connecting = self._connecting
+            connecting = None if self._connecting is None else self._connecting()
             readers = [r for r in self._readers if r.ident is not None]
         for reader in readers:
             if reader is not me:

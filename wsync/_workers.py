@@ -37,6 +37,7 @@ import enum
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -142,11 +143,21 @@ class _Loop:
 
     def __init__(self, host: Host) -> None:
         self._host = host
-        self._cv = threading.Condition(host.lock)
+        self._condition: threading.Condition | None = None
+
+    @property
+    def _cv(self) -> threading.Condition:
+        """The condition the loop waits on, made on first use (an idle client has no loop:
+        it saves a Condition's 1.3 KiB). Caller holds the lock."""
+        cv = self._condition
+        if cv is None:
+            cv = self._condition = threading.Condition(self._host.lock)
+        return cv
 
     def wake_all(self) -> None:
         """Caller holds the lock."""
-        self._cv.notify_all()
+        if self._condition is not None:
+            self._condition.notify_all()
 
     def _main(self) -> None:
         while True:
@@ -155,7 +166,7 @@ class _Loop:
                 return
             except Exception:
                 logger.exception("internal error in the %s thread", self.role)
-                if not _recover(self._host, self._cv):
+                if not _recover(self._host, self):
                     return
 
     def _loop(self) -> None:
@@ -193,7 +204,8 @@ class Writer(_Loop):
         self._run = _Run.IDLE
         self._inline = False  # running in a caller's thread: end as soon as nothing is due
         self.thread: threading.Thread | None = None  # the current (or next) writer thread
-        self._started: list[threading.Thread] = []  # threads started and maybe alive
+        # Threads started and maybe alive, weakly: a thread that ended is not kept.
+        self._started: list[weakref.ref[threading.Thread]] = []
         # Connections that get a close frame when the client closes (then close() aborts
         # them), and whether a writer thread sent them.
         self.closing_transports: list[Transport] = []
@@ -229,8 +241,8 @@ class Writer(_Loop):
             if self.thread is not thread or self._run is not _Run.ISSUED or host.closing:
                 return
             self._run = _Run.BUSY
-            self._started = [t for t in self._started if t.is_alive()]
-            self._started.append(thread)
+            self._started = [r for r in self._started if r() is not None]
+            self._started.append(weakref.ref(thread))
         started = False
         try:
             started = start_thread(thread)
@@ -274,13 +286,15 @@ class Writer(_Loop):
     def threads(self) -> list[threading.Thread]:
         """The writer threads that may still be alive (close() joins them). Caller holds the
         lock."""
-        return [t for t in self._started if t.is_alive()]
+        alive = [r() for r in self._started]
+        return [t for t in alive if t is not None and t.is_alive()]
 
     def _ended(self) -> None:
         """The writer stops. Caller holds the lock."""
         self._run = _Run.IDLE
         self.thread = None
         self._cv.notify_all()  # close() may wait for it
+        self._condition = None  # an idle client keeps no Condition (the next writer makes one)
 
     def _thread_main(self) -> None:
         try:
@@ -518,7 +532,7 @@ def control_text(control: Control, client_id: str) -> str:
     return protocol.encode(protocol.Connect(client_id=client_id, timestamp=protocol.now()))
 
 
-def _recover(host: Host, cv: threading.Condition) -> bool:
+def _recover(host: Host, loop: _Loop) -> bool:
     """After a bug in a loop: drop the connection (a fresh start), pause briefly, go on.
 
     Returns False when the client is closing (the loop must end).
@@ -526,7 +540,7 @@ def _recover(host: Host, cv: threading.Condition) -> bool:
     with host.lock:
         if host.closing:
             return False
-        cv.wait(0.1)  # never a hot loop of errors
+        loop._cv.wait(0.1)  # never a hot loop of errors
         machine = host.machine
         error = ConnectError("internal error in a wsync thread", phase="connection")
         machine.on_internal_error(error, host.clock())
