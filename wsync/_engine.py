@@ -90,12 +90,34 @@ _numbers = itertools.count(1)  # client numbers, for thread names unique in the 
 _live: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
+class _Exiting:
+    """The exit hook's progress, for clients whose threads cannot start any more."""
+
+    running = False  # the exit hook runs
+    focus: Engine | None = None  # the client it flushes now
+
+
 def _close_all_at_exit() -> None:
-    """Flush and close every open client, all within EXIT_TIMEOUT together."""
+    """Flush and close every open client, all within EXIT_TIMEOUT together.
+
+    They drain in parallel, each wait taking what is left. Python 3.12+ starts no thread at
+    interpreter shutdown: an attempt to connect then runs on the shared timer thread, which
+    reads that connection itself until it is closed; so attempts wait for their client's
+    turn here (``Engine._open`` parks them), and each client is closed once flushed, which
+    frees the timer thread for the next one.
+    """
     engines = [e for e in list(_live) if e.owned()]
     deadline = Deadline(EXIT_TIMEOUT)
-    for engine in engines:  # they drain in parallel; each wait takes what is left
-        engine.flush_for_close(deadline)
+    _Exiting.running = True
+    try:
+        for engine in engines:
+            _Exiting.focus = engine
+            engine.open_parked()
+            engine.flush_for_close(deadline)
+            if _exit.threads_refused():
+                engine.close(max(0.1, deadline.remaining() or 0.0), flush=False)
+    finally:
+        _Exiting.focus = None
     for engine in engines:
         engine.close(max(0.1, deadline.remaining() or 0.0), flush=False)
 
@@ -196,6 +218,10 @@ class Engine:
         self._opening: int | None = None  # generation of the open in flight
         # The latest connect thread, weakly: one that ended is not kept.
         self._connecting: weakref.ref[threading.Thread] | None = None
+        # Interpreter shutdown (no thread starts): an attempt waiting for the exit hook's turn,
+        # and one handed to the timer thread.
+        self._parked_open: Open | None = None
+        self._handed_open: Open | None = None
         self._readers: list[threading.Thread] = []
         self._threads: set[threading.Thread] = set()  # every thread this client started
         self._resolving = 0  # futures being settled outside the lock (flush waits for them)
@@ -403,6 +429,11 @@ class Engine:
         """``carry_out`` on the shared timer thread, which must never block: what can (a
         durable outbox's rows removed when messages fail for good) goes to the callbacks
         thread, the rest is carried out here (an ``Open`` starts a connect thread)."""
+        if self._handed_open is not None:
+            with self.lock:
+                handed, self._handed_open = self._handed_open, None
+            if handed is not None:
+                later = [handed, *later]
         if self._durable and any(isinstance(a, Fail) and a.final for a in later):
             slow = [a for a in later if not isinstance(a, _QUICK)]
             with self.lock:
@@ -437,9 +468,21 @@ class Engine:
             else:
                 self._threads.discard(thread)
         if not started:
+            if _Exiting.running and _Exiting.focus is not self:
+                with self.lock:
+                    self._parked_open = action  # the exit hook hands it back in our turn
+                return
             logger.debug("interpreter shutting down: connection %d opens in this thread",
                          action.generation)
             self._open_here(action, previous)
+
+    def open_parked(self) -> None:
+        """The exit hook's turn for this client: an attempt parked because no thread could
+        start is handed to the timer thread (which opens and reads the connection)."""
+        with self.lock:
+            self._handed_open, self._parked_open = self._parked_open, None
+            if self._handed_open is not None:
+                self._timer.fire_now()
 
     def _connect_main(self, action: Open, previous: threading.Thread | None) -> None:
         """The thread ``wsync-connect-<n>``: one attempt, then it is forgotten."""

@@ -433,8 +433,11 @@ class Timer:
                 )
             else:
                 self.wake()
-        if later:
-            host.carry_out_timed(later)
+        host.carry_out_timed(later)
+
+    def fire_now(self) -> None:
+        """Fire at once (the exit hook hands over an attempt). Caller holds the lock."""
+        self._scheduler.schedule(self, self._host.clock())
 
 
 class Reader:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -263,3 +265,33 @@ class TestNoThreadCanStart:
             c.close(TIMEOUT)
         assert {"wsync-connect", "wsync-writer", "wsync-reader"} <= set(refused)
         assert _client_threads() == []
+
+
+TWO_CLIENTS_AT_EXIT = """
+import sys, wsync
+a = wsync.Client(sys.argv[1], client_id="a")
+b = wsync.Client(sys.argv[1], client_id="b")
+a.connect(wait=False)
+b.connect(wait=False)
+for i in range(20):
+    a.send(f"a{i}")
+    b.send(f"b{i}")
+# no close(), no flush(): the exit hook opens both connections (3.12+: with no new thread)
+"""
+
+
+class TestExit:
+    def test_two_clients_first_connected_by_the_exit_flush_both_deliver(
+        self, server: ProtocolServer
+    ) -> None:
+        """Two clients whose connections the exit hook opens share one timer thread (which
+        reads a connection itself when no thread can start): both deliver everything."""
+        result = subprocess.run(
+            [sys.executable, "-c", TWO_CLIENTS_AT_EXIT, server.url],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert sorted(r.content for r in server.received) == sorted(
+            [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)]
+        )
+        assert "unanswered" not in result.stderr and "Traceback" not in result.stderr
