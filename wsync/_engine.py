@@ -6,7 +6,11 @@ machine under the lock, :meth:`Engine.drain` what it buffered, then
 ``send``, ``send_and_wait``, ``flush``, ``reconnect`` and ``close``. It must not parse
 frames, open sockets (``_handshake``/``_connection``), decide protocol rules (``_machine``),
 keep message bookkeeping (``_ledger``), or run user code (``_dispatch``). The threads'
-bodies live in ``_workers``; the engine creates them with itself as their host.
+bodies live in ``_workers``; the engine creates them with itself as their host. It starts
+a connect thread per attempt (``wsync-connect-<n>``), a writer thread when there is a
+backlog and none runs, a reader per connection, and joins the process-wide timer thread
+(``_scheduler``) at the first ``connect()``; ``close()`` joins every one of them (the timer
+thread too, when this was its last client).
 
 Locking: one lock, ``lock``. Under it: the machine, the ledger, the dispatcher's queue,
 the map of open connections; no I/O, no user code, no waiting, no future settled.

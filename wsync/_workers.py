@@ -1,5 +1,5 @@
-"""The client's background threads: a :class:`Writer`, a :class:`Timer`, a :class:`Reader` per
-connection.
+"""The client's background work: a :class:`Writer` thread while there is a backlog, a
+:class:`Timer` on the shared timer thread, a :class:`Reader` thread per connection.
 
 Its one job: what each wsync thread does with the socket and the clock, given its
 collaborators explicitly (a :class:`Host`: the engine's lock, machine and clock, and the two
@@ -7,28 +7,39 @@ halves of a step, ``drain`` under the lock and ``carry_out`` outside it). It mus
 public operations, argument checks or the outbox's bookkeeping (the engine's), and it never
 runs user code: callbacks go through the dispatcher, futures are settled by the engine.
 
-Threads (each named ``wsync-<role>-<client>``, daemon only as a safety net; ``close()``
-joins them):
+Threads (each named ``wsync-<role>[-<client>]``, daemon only as a safety net; ``close()``
+joins them). An idle connected client runs one thread of its own, its reader:
 
 ==============================  ============================================================
 ``wsync-reader-<client>.<n>``   one per connection: reads, decodes, feeds the machine,
                                 hands off. Never runs user code, never waits on a writer.
-``wsync-writer-<client>``       control frames first (connect, ping, pong), then messages in
-                                order, batched into one ``sendall``. A long queue flush never
-                                stops the reader, so a server that answers while we write
-                                cannot deadlock us. (With nothing queued or in flight,
-                                ``send()`` writes its message in its own thread if the socket
-                                has room at once: the engine's fast path; the ledger gives
-                                the turn to write to one writer at a time.)
-``wsync-timer-<client>``        deadlines: backoff delays, the attempt itself (a bounded,
-                                cancellable open), the confirm timeout, pings, pong timeout.
+``wsync-writer-<client>``       only while there is something to write: control frames
+                                first (connect, ping, pong), then messages in order,
+                                batched into one ``sendall``; started (outside the lock) by
+                                whoever wakes it when none runs, it ends once nothing is
+                                left (after WRITER_IDLE seconds without messages). A long
+                                queue flush never stops the reader, so a server that answers
+                                while we write cannot deadlock us. (With nothing queued or
+                                in flight, ``send()`` writes its message in its own thread
+                                if the socket has room at once: the engine's fast path; the
+                                ledger gives the turn to write to one writer at a time.)
+``wsync-timer``                 ONE for the process (``_scheduler``): every client's
+                                deadlines (backoff delays, attempt and confirm timeouts,
+                                pings, pong timeout). Never blocks: an attempt to connect
+                                goes to a connect thread.
+``wsync-connect-<client>``      one per attempt (the engine's): a bounded, cancellable open,
+                                then the connection's reader starts; it ends there.
 ``wsync-callbacks-<client>``    every user callback, in order (``_dispatch``); started with
-                                the first one, so a client without callbacks runs three.
+                                the first one.
 ==============================  ============================================================
 
+Python 3.12+ starts no thread at interpreter shutdown: the work of a thread that cannot
+start is done by the thread that wanted it (writes by the caller, an attempt and its
+reading by the timer thread, in the exit hook's turn for that client).
+
 One lock (the engine's) guards the machine and the engine's bookkeeping; the conditions
-that wake the writer, the timer and callers waiting in ``connect``/``flush`` all share it.
-Holding it means no I/O, no user code and no waiting.
+that wake the writer and callers waiting in ``connect``/``flush`` share it. Holding it means
+no I/O, no user code and no waiting. Lock order: a client's lock, then the scheduler's.
 """
 
 from __future__ import annotations
