@@ -150,6 +150,8 @@ class _Loop:
     """A loop woken through a condition on the engine's lock; a bug in the loop is logged and
     the connection dropped, never a dead thread."""
 
+    __slots__ = ("_condition", "_host")  # one per client: no __dict__ (memory per idle client)
+
     role = "loop"
 
     def __init__(self, host: Host) -> None:
@@ -206,6 +208,9 @@ class Writer(_Loop):
         host: the engine.
         name: the threads' name.
     """
+
+    __slots__ = ("_closes_sent", "_inline", "_name", "_run", "_started", "closing_transports",
+                 "thread")
 
     role = "writer"
 
@@ -402,6 +407,8 @@ class Timer:
         host: the engine.
         scheduler: the process's scheduler.
     """
+
+    __slots__ = ("_host", "_scheduler", "due")
 
     def __init__(self, host: Host, scheduler: Scheduler) -> None:
         self._host = host
