@@ -143,18 +143,18 @@ def test_notebook_runs_against_a_given_url(
 
 LEAKY_CELLS = [
     "import threading, wsync\n"
-    "def writers():\n"
-    "    return sum(t.name.startswith('wsync-writer-') for t in threading.enumerate())",
+    "def readers():\n"
+    "    return sum(t.name.startswith('wsync-reader-') for t in threading.enumerate())",
     # Run twice, like a cell run again: the first client is forgotten, never closed.
     "client = wsync.Client(URL, client_id='rerun')\nstate = client.connect(timeout=10)",
     "client = wsync.Client(URL, client_id='rerun')\nstate = client.connect(timeout=10)",
-    # The forgotten client was garbage-collected and closed: one writer thread is left.
+    # The forgotten client was garbage-collected and closed: one reader thread is left.
     "import gc, time\n"
     "gc.collect()\n"
     "deadline = time.monotonic() + 10\n"
-    "while writers() > 1 and time.monotonic() < deadline:\n"
+    "while readers() > 1 and time.monotonic() < deadline:\n"
     "    time.sleep(0.05)\n"
-    "assert writers() == 1, writers()\n"
+    "assert readers() == 1, readers()\n"
     "print('one client left')",
     # The second client stays open: the kernel's shutdown must close it, not hang on it.
     "print(client.state.status.value)",

@@ -6,7 +6,11 @@ machine under the lock, :meth:`Engine.drain` what it buffered, then
 ``send``, ``send_and_wait``, ``flush``, ``reconnect`` and ``close``. It must not parse
 frames, open sockets (``_handshake``/``_connection``), decide protocol rules (``_machine``),
 keep message bookkeeping (``_ledger``), or run user code (``_dispatch``). The threads'
-bodies live in ``_workers``; the engine creates them with itself as their host.
+bodies live in ``_workers``; the engine creates them with itself as their host. It starts
+a connect thread per attempt (``wsync-connect-<n>``), a writer thread when there is a
+backlog and none runs, a reader per connection, and joins the process-wide timer thread
+(``_scheduler``) at the first ``connect()``; ``close()`` joins every one of them (the timer
+thread too, when this was its last client).
 
 Locking: one lock, ``lock``. Under it: the machine, the ledger, the dispatcher's queue,
 the map of open connections; no I/O, no user code, no waiting, no future settled.
@@ -29,7 +33,7 @@ from typing import Final
 
 import attrs
 
-from wsync import _exit, protocol
+from wsync import _exit, _scheduler, protocol
 from wsync._backoff import Backoff
 from wsync._connection import Transport, TransportClosed
 from wsync._dispatch import Callbacks, Dispatcher, call_each, changed
@@ -90,12 +94,34 @@ _numbers = itertools.count(1)  # client numbers, for thread names unique in the 
 _live: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
+class _Exiting:
+    """The exit hook's progress, for clients whose threads cannot start any more."""
+
+    running = False  # the exit hook runs
+    focus: Engine | None = None  # the client it flushes now
+
+
 def _close_all_at_exit() -> None:
-    """Flush and close every open client, all within EXIT_TIMEOUT together."""
+    """Flush and close every open client, all within EXIT_TIMEOUT together.
+
+    They drain in parallel, each wait taking what is left. Python 3.12+ starts no thread at
+    interpreter shutdown: an attempt to connect then runs on the shared timer thread, which
+    reads that connection itself until it is closed; so attempts wait for their client's
+    turn here (``Engine._open`` parks them), and each client is closed once flushed, which
+    frees the timer thread for the next one.
+    """
     engines = [e for e in list(_live) if e.owned()]
     deadline = Deadline(EXIT_TIMEOUT)
-    for engine in engines:  # they drain in parallel; each wait takes what is left
-        engine.flush_for_close(deadline)
+    _Exiting.running = True
+    try:
+        for engine in engines:
+            _Exiting.focus = engine
+            engine.open_parked()
+            engine.flush_for_close(deadline)
+            if _exit.threads_refused():
+                engine.close(max(0.1, deadline.remaining() or 0.0), flush=False)
+    finally:
+        _Exiting.focus = None
     for engine in engines:
         engine.close(max(0.1, deadline.remaining() or 0.0), flush=False)
 
@@ -117,7 +143,17 @@ class _Teardown:
     reason: str
 
 
-_Later = list[Action | _Teardown]
+@attrs.define
+class _StartWriter:
+    """Start the writer thread ``thread`` (made under the lock by ``Writer.wake``)."""
+
+    thread: threading.Thread
+
+
+_Later = list[Action | _Teardown | _StartWriter]
+
+# What the shared timer thread carries out itself: nothing among them blocks.
+_QUICK = (Open, Abort, _Teardown, _StartWriter, Log)
 
 
 class Engine:
@@ -177,11 +213,19 @@ class Engine:
         )
         n = self.number
         self._dispatch = Dispatcher(self.lock, name=f"wsync-callbacks-{n}")
+        # The writer's thread exists only while there is a backlog; the deadlines run on the
+        # process-wide timer thread; each attempt to connect on a thread of its own.
         self._writer = Writer(self, name=f"wsync-writer-{n}")
-        self._timer = Timer(self, name=f"wsync-timer-{n}")
+        self._timer = Timer(self, _scheduler.scheduler())
         self._started = False
         self._transports: dict[int, Transport] = {}
         self._opening: int | None = None  # generation of the open in flight
+        # The latest connect thread, weakly: one that ended is not kept.
+        self._connecting: weakref.ref[threading.Thread] | None = None
+        # Interpreter shutdown (no thread starts): an attempt waiting for the exit hook's turn,
+        # and one handed to the timer thread.
+        self._parked_open: Open | None = None
+        self._handed_open: Open | None = None
         self._readers: list[threading.Thread] = []
         self._reader_objs: list[Reader] = []  # the connections' readers (the turn to read)
         # Threads in send_and_wait (a reader parks for them); a set, so that leaving is
@@ -194,7 +238,7 @@ class Engine:
         self._owed: dict[int, tuple[int, Action]] = {}
         self._closing = False
         self._close_runner: threading.Thread | None = None  # the thread running close()
-        self._closed_event = threading.Event()
+        self._closed = False  # close() finished (waiters use _state_cv: no Event per client)
         self._malformed_log = MalformedLog()
         self._forget_buffer: list[str] = []
         self._forget_scheduled = False
@@ -232,14 +276,13 @@ class Engine:
         return threading.current_thread() in self._threads
 
     def _start_threads(self) -> None:
-        """Start the writer, timer and callbacks threads once. Caller holds self.lock."""
+        """Join the timer thread and let the callbacks thread start, once. Caller holds
+        self.lock. (The writer and connect threads start when there is work for them.)"""
         if self._started:
             return
         self._started = True
         self._dispatch.enable()
-        for thread in (self._writer.thread, self._timer.thread):
-            self._threads.add(thread)
-            thread.start()
+        self._timer.start()
 
     @property
     def closing(self) -> bool:
@@ -280,7 +323,9 @@ class Engine:
                 continue
             match action:
                 case Wake.WRITER:
-                    self._writer.wake()
+                    thread = self._writer.wake()
+                    if thread is not None:
+                        later.append(_StartWriter(thread))  # started outside the lock
                 case Wake.TIMER:
                     self._timer.wake()
                 case Wake.WAITERS:
@@ -357,7 +402,7 @@ class Engine:
         if mine:
             self.carry_out(mine)
 
-    def _carry_out_one(self, action: Action | _Teardown) -> None:
+    def _carry_out_one(self, action: Action | _Teardown | _StartWriter) -> None:
         match action:
             case Resolve(entry=entry, response=response):
                 self._settle(entry.future, response, None)
@@ -384,6 +429,8 @@ class Engine:
                         self._connector.cancel()
             case Open():
                 self._open(action)
+            case _StartWriter(thread=thread):
+                self._writer.start(thread)
             case Log(level=level, message=message):
                 logger.log(level, "%s", message)
 
@@ -423,10 +470,81 @@ class Engine:
         except Exception:
             logger.exception("could not remove %d messages from the outbox", len(message_ids))
 
-    # --- the timer thread's open ----------------------------------------------------------
+    # --- the timer thread's work that may block: on other threads ---------------------------
+
+    def carry_out_timed(self, later: _Later) -> None:
+        """``carry_out`` on the shared timer thread, which must never block: what can (a
+        durable outbox's rows removed when messages fail for good) goes to the callbacks
+        thread, the rest is carried out here (an ``Open`` starts a connect thread)."""
+        if self._handed_open is not None:
+            with self.lock:
+                handed, self._handed_open = self._handed_open, None
+            if handed is not None:
+                later = [handed, *later]
+        if self._durable and any(isinstance(a, Fail) and a.final for a in later):
+            slow = [a for a in later if not isinstance(a, _QUICK)]
+            with self.lock:
+                accepting = self._dispatch.accepting()
+                if accepting:
+                    self._dispatch.put(self.carry_out, slow)
+            if accepting:
+                later = [a for a in later if isinstance(a, _QUICK)]
+        self.carry_out(later)
 
     def _open(self, action: Open) -> None:
-        """On the timer thread: one bounded attempt to open a socket."""
+        """Start one bounded attempt to open a socket on the thread ``wsync-connect-<n>``
+        (the timer thread never waits for the network). When no thread can start
+        (interpreter shutdown), the attempt runs here."""
+        with self.lock:
+            if self._closing or action.generation != self.machine.generation:
+                return
+            previous = None if self._connecting is None else self._connecting()
+            thread = threading.Thread(
+                target=self._connect_main,
+                args=(action, previous),
+                name=f"wsync-connect-{self.number}",
+                daemon=True,
+            )
+            self._threads = {t for t in self._threads if t.is_alive()}
+            self._threads.add(thread)
+            # Started under the lock, so that close() (which reads it under the lock) never
+            # finds a thread that is not started yet: one start per attempt.
+            started = _exit.start_thread(thread)
+            if started:
+                self._connecting = weakref.ref(thread)
+            else:
+                self._threads.discard(thread)
+        if not started:
+            if _Exiting.running and _Exiting.focus is not self:
+                with self.lock:
+                    self._parked_open = action  # the exit hook hands it back in our turn
+                return
+            logger.debug("interpreter shutting down: connection %d opens in this thread",
+                         action.generation)
+            self._open_here(action, previous)
+
+    def open_parked(self) -> None:
+        """The exit hook's turn for this client: an attempt parked because no thread could
+        start is handed to the timer thread (which opens and reads the connection)."""
+        with self.lock:
+            self._handed_open, self._parked_open = self._parked_open, None
+            if self._handed_open is not None:
+                self._timer.fire_now()
+
+    def _connect_main(self, action: Open, previous: threading.Thread | None) -> None:
+        """The thread ``wsync-connect-<n>``: one attempt, then it is forgotten."""
+        try:
+            self._open_here(action, previous)
+        finally:
+            with self.lock:
+                self._threads.discard(threading.current_thread())
+
+    def _open_here(self, action: Open, previous: threading.Thread | None) -> None:
+        """One bounded attempt to open a socket, in this thread; then its reader starts."""
+        if previous is not None and previous is not threading.current_thread():
+            # The attempt before (cancelled, or done) ends first: they share the connector.
+            # It is bounded by its own connect_timeout (it only opens and starts a reader).
+            previous.join(action.timeout)
         generation = action.generation
         # A cancel aimed at an earlier attempt that had already finished must not fail this
         # one; close() cancels after setting _closing, which is checked below.
@@ -478,9 +596,13 @@ class Engine:
             return
         # Python 3.12+ starts no thread once the interpreter is shutting down, and the exit
         # hook's flush may open a connection then (a script that sent and ended at once):
-        # this thread (the timer) reads it itself until it ends; close() aborts it at the
-        # exit deadline. Deadlines wait meanwhile, which the exit's own bound makes harmless.
-        logger.debug("interpreter shutting down: the timer thread reads connection %d", generation)
+        # this thread (the connect thread; the timer thread if even that could not start)
+        # reads it itself until it ends; close() aborts it at the exit deadline. Deadlines
+        # wait meanwhile in the latter case, which the exit's own bound makes harmless.
+        logger.debug(
+            "interpreter shutting down: %s reads connection %d",
+            threading.current_thread().name, generation,
+        )
         reader.run_here()
 
     # --- callbacks (on the callbacks thread: look the callback up now, the client may be gone)
@@ -888,17 +1010,17 @@ class Engine:
             if not self._closing:
                 self._closing = True
                 self._writer.wake_all()
-                self._timer.wake_all()
                 for reader in self._reader_objs:
                     reader.wake()
                 self._state_cv.notify_all()
             runner = self._close_runner
-            if runner is None and not self._closed_event.is_set():
+            if runner is None and not self._closed:
                 self._close_runner = me
         if runner is not None or self._close_runner is not me:
             # Closed already, or closing in another thread (or in ours, from a callback).
             if not self._own_thread() and runner is not me:
-                self._closed_event.wait(deadline.remaining())
+                with self.lock:
+                    self._state_cv.wait_for(lambda: self._closed, deadline.remaining())
             return
         try:
             # Again after an interrupt: machine.close() asks again for whatever is not done.
@@ -913,20 +1035,26 @@ class Engine:
             self._stop_threads(deadline, me, quiet=quiet)
             self._report_close(unanswered)
             _live.discard(self)
-            self._closed_event.set()
+            with self.lock:
+                self._closed = True
+                self._state_cv.notify_all()
         finally:
             with self.lock:
                 self._close_runner = None  # interrupted: the next close() finishes the job
 
     def _stop_threads(self, deadline: Deadline, me: threading.Thread, *, quiet: bool) -> None:
-        # The writer sends a close frame and ends; give the server a moment to answer it.
+        # The timer thread forgets this client (and ends if it was the last one).
+        timer = self._timer.stop()
+        # A running writer sends the close frames and ends; else this thread sends them.
+        # Then give the server a moment to answer them.
         limit = deadline.remaining()
         grace = CLOSE_HANDSHAKE if limit is None else min(CLOSE_HANDSHAKE, limit / 2)
         grace_deadline = Deadline(grace)
-        writer, timer = self._writer.thread, self._timer.thread
-        if self._started and writer is not me:
-            writer.join(grace_deadline.remaining())
+        for transport in self._writer.stop(grace_deadline.remaining()):
+            transport.send_close()  # best effort, bounded (about 0.25 s at most)
         with self.lock:
+            writers = self._writer.threads()
+            connecting = None if self._connecting is None else self._connecting()
             readers = [r for r in self._readers if r.ident is not None]
         for reader in readers:
             if reader is not me:
@@ -945,7 +1073,9 @@ class Engine:
             resolver.join(deadline.remaining())
             if resolver.is_alive():
                 stragglers.append(resolver.name)
-        threads = [writer, timer] if self._started else []
+        threads = [*writers, *([connecting] if connecting is not None else [])]
+        if timer is not None:
+            threads.append(timer)
         for thread in (*threads, *readers):
             if thread is me:
                 continue

@@ -23,9 +23,11 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["register", "start_thread"]
+__all__ = ["on_fork_in_child", "register", "start_thread", "threads_refused"]
 
 logger = logging.getLogger(__name__)
+
+_refused = False  # a thread was refused: the interpreter is shutting down
 
 
 def _early_atexit() -> Callable[[Callable[[], None]], None] | None:
@@ -46,8 +48,13 @@ def register(on_exit: Callable[[], None], *, after_fork_in_child: Callable[[], N
             atexit.register(on_exit)
     else:
         atexit.register(on_exit)
+    on_fork_in_child(after_fork_in_child)
+
+
+def on_fork_in_child(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in the child after every ``fork()`` (where there is ``fork()``)."""
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_fork_in_child)
+        os.register_at_fork(after_in_child=fn)
 
 
 def start_thread(thread: threading.Thread) -> bool:
@@ -57,10 +64,17 @@ def start_thread(thread: threading.Thread) -> bool:
     ("can't create new thread at interpreter shutdown": the message is the only sign of it).
     The caller then does the thread's work itself. Any other failure is raised.
     """
+    global _refused
     try:
         thread.start()
     except RuntimeError as exc:
         if "shutdown" not in str(exc):
             raise
+        _refused = True
         return False
     return True
+
+
+def threads_refused() -> bool:
+    """Whether :func:`start_thread` was refused a thread (the interpreter is shutting down)."""
+    return _refused

@@ -1,5 +1,5 @@
-"""The client's background threads: a :class:`Writer`, a :class:`Timer`, a :class:`Reader` per
-connection.
+"""The client's background work: a :class:`Writer` thread while there is a backlog, a
+:class:`Timer` on the shared timer thread, a :class:`Reader` thread per connection.
 
 Its one job: what each wsync thread does with the socket and the clock, given its
 collaborators explicitly (a :class:`Host`: the engine's lock, machine and clock, and the two
@@ -7,28 +7,39 @@ halves of a step, ``drain`` under the lock and ``carry_out`` outside it). It mus
 public operations, argument checks or the outbox's bookkeeping (the engine's), and it never
 runs user code: callbacks go through the dispatcher, futures are settled by the engine.
 
-Threads (each named ``wsync-<role>-<client>``, daemon only as a safety net; ``close()``
-joins them):
+Threads (each named ``wsync-<role>[-<client>]``, daemon only as a safety net; ``close()``
+joins them). An idle connected client runs one thread of its own, its reader:
 
 ==============================  ============================================================
 ``wsync-reader-<client>.<n>``   one per connection: reads, decodes, feeds the machine,
                                 hands off. Never runs user code, never waits on a writer.
-``wsync-writer-<client>``       control frames first (connect, ping, pong), then messages in
-                                order, batched into one ``sendall``. A long queue flush never
-                                stops the reader, so a server that answers while we write
-                                cannot deadlock us. (With nothing queued or in flight,
-                                ``send()`` writes its message in its own thread if the socket
-                                has room at once: the engine's fast path; the ledger gives
-                                the turn to write to one writer at a time.)
-``wsync-timer-<client>``        deadlines: backoff delays, the attempt itself (a bounded,
-                                cancellable open), the confirm timeout, pings, pong timeout.
+``wsync-writer-<client>``       only while there is something to write: control frames
+                                first (connect, ping, pong), then messages in order,
+                                batched into one ``sendall``; started (outside the lock) by
+                                whoever wakes it when none runs, it ends once nothing is
+                                left (after WRITER_IDLE seconds without messages). A long
+                                queue flush never stops the reader, so a server that answers
+                                while we write cannot deadlock us. (With nothing queued or
+                                in flight, ``send()`` writes its message in its own thread
+                                if the socket has room at once: the engine's fast path; the
+                                ledger gives the turn to write to one writer at a time.)
+``wsync-timer``                 ONE for the process (``_scheduler``): every client's
+                                deadlines (backoff delays, attempt and confirm timeouts,
+                                pings, pong timeout). Never blocks: an attempt to connect
+                                goes to a connect thread.
+``wsync-connect-<client>``      one per attempt (the engine's): a bounded, cancellable open,
+                                then the connection's reader starts; it ends there.
 ``wsync-callbacks-<client>``    every user callback, in order (``_dispatch``); started with
-                                the first one, so a client without callbacks runs three.
+                                the first one.
 ==============================  ============================================================
 
+Python 3.12+ starts no thread at interpreter shutdown: the work of a thread that cannot
+start is done by the thread that wanted it (writes by the caller, an attempt and its
+reading by the timer thread, in the exit hook's turn for that client).
+
 One lock (the engine's) guards the machine and the engine's bookkeeping; the conditions
-that wake the writer, the timer and callers waiting in ``connect``/``flush`` all share it.
-Holding it means no I/O, no user code and no waiting.
+that wake the writer and callers waiting in ``connect``/``flush`` share it. Holding it means
+no I/O, no user code and no waiting. Lock order: a client's lock, then the scheduler's.
 """
 
 from __future__ import annotations
@@ -37,14 +48,18 @@ import enum
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 from wsync import protocol
 from wsync._connection import MalformedFrame, Transport, TransportClosed
 from wsync._errors import ConnectError, ProtocolError
+from wsync._exit import start_thread
+from wsync._futures import mark_all_running
 from wsync._ledger import Entry, EntryState
 from wsync._machine import Control, Machine
+from wsync._scheduler import Scheduler
 from wsync._timers import Clock
 from wsync.protocol import Response
 
@@ -55,6 +70,13 @@ logger = logging.getLogger(__name__)
 # At most this many warnings about malformed frames per window; the rest are counted.
 MALFORMED_WARNINGS: Final = 5
 MALFORMED_WINDOW: Final = 10.0
+# How long a writer thread that wrote messages waits for more before it ends. A thread start
+# costs about 60-100 us; a pipelined burst (send() in a loop, messages answered in batches)
+# keeps one thread for its whole length, and an idle client has none after this long. Pings
+# and pongs alone end the thread at once (a heartbeat never keeps one alive).
+WRITER_IDLE: Final = 1.0
+# After a bug in the timer step, the client's deadlines are looked at again after this long.
+RECOVER_PAUSE: Final = 0.1
 
 
 class Host(Protocol):
@@ -78,6 +100,10 @@ class Host(Protocol):
 
     def carry_out(self, later: list[Any]) -> None:
         """Carry out what ``drain`` left (I/O, futures). Caller does not hold ``lock``."""
+        ...
+
+    def carry_out_timed(self, later: list[Any]) -> None:
+        """``carry_out`` on the shared timer thread: nothing that can block runs there."""
         ...
 
     def transport(self, generation: int) -> Transport | None:
@@ -124,23 +150,30 @@ def lost_error(prefix: str, exc: TransportClosed) -> ConnectError:
 
 
 class _Loop:
-    """A thread that runs ``_loop`` until the client closes, woken through a condition on the
-    engine's lock; a bug in the loop is logged and the connection dropped, never a dead
-    thread."""
+    """A loop woken through a condition on the engine's lock; a bug in the loop is logged and
+    the connection dropped, never a dead thread."""
+
+    __slots__ = ("_condition", "_host")  # one per client: no __dict__ (memory per idle client)
 
     role = "loop"
 
-    def __init__(self, host: Host, name: str) -> None:
+    def __init__(self, host: Host) -> None:
         self._host = host
-        self._cv = threading.Condition(host.lock)
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._condition: threading.Condition | None = None
 
-    def wake(self) -> None:
-        """Something changed that the loop waits for. Caller holds the lock."""
-        self._cv.notify()
+    @property
+    def _cv(self) -> threading.Condition:
+        """The condition the loop waits on, made on first use (an idle client has no loop:
+        it saves a Condition's 1.3 KiB). Caller holds the lock."""
+        cv = self._condition
+        if cv is None:
+            cv = self._condition = threading.Condition(self._host.lock)
+        return cv
 
     def wake_all(self) -> None:
-        self._cv.notify_all()
+        """Caller holds the lock."""
+        if self._condition is not None:
+            self._condition.notify_all()
 
     def _main(self) -> None:
         while True:
@@ -149,36 +182,159 @@ class _Loop:
                 return
             except Exception:
                 logger.exception("internal error in the %s thread", self.role)
-                if not _recover(self._host, self._cv):
+                if not _recover(self._host, self):
                     return
 
     def _loop(self) -> None:
         raise NotImplementedError
 
 
+class _Run(enum.Enum):
+    """The writer's state (under the engine's lock)."""
+
+    IDLE = "idle"  # no writer thread
+    ISSUED = "issued"  # a thread was made; whoever got it from wake() starts it
+    BUSY = "busy"  # a writer runs (a thread, or a caller's thread when none can start)
+    CLOSED = "closed"  # close() took over: no writer starts any more
+
+
 class Writer(_Loop):
-    """The thread ``wsync-writer-<client>``: writes control frames, then batches of messages.
+    """The thread ``wsync-writer-<client>``, which exists only while there is something to
+    write: control frames, then batches of messages.
+
+    :meth:`wake` (under the lock) makes a thread when there is a backlog and none runs;
+    :meth:`start` (outside the lock) starts it. After writing messages it lingers for
+    :data:`WRITER_IDLE` seconds for more (a pipelined burst keeps one thread), then ends;
+    after control frames only (a ping, a pong, the ``connect``) it ends at once.
 
     Args:
         host: the engine.
-        name: the thread's name.
+        name: the threads' name.
     """
+
+    __slots__ = ("_closes_sent", "_inline", "_name", "_run", "_started", "closing_transports",
+                 "thread")
 
     role = "writer"
 
     def __init__(self, host: Host, name: str) -> None:
-        super().__init__(host, name)
-        # Connections that get a close frame from this thread when the client closes.
+        super().__init__(host)
+        self._name = name
+        self._run = _Run.IDLE
+        self._inline = False  # running in a caller's thread: end as soon as nothing is due
+        self.thread: threading.Thread | None = None  # the current (or next) writer thread
+        # Threads started and maybe alive, weakly: a thread that ended is not kept.
+        self._started: list[weakref.ref[threading.Thread]] = []
+        # Connections that get a close frame when the client closes (then close() aborts
+        # them), and whether a writer thread sent them.
         self.closing_transports: list[Transport] = []
+        self._closes_sent = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a writer runs now. Caller holds the lock."""
+        return self._run is _Run.BUSY
+
+    def wake(self) -> threading.Thread | None:
+        """Something may be written: wake the writer, or make one for the caller to
+        :meth:`start` outside the lock. Caller holds the lock."""
+        run = self._run
+        if run is _Run.BUSY:
+            self._cv.notify()
+            return None
+        host = self._host
+        if run is _Run.CLOSED or host.closing or not host.machine.writable():
+            return None
+        # IDLE, or ISSUED by a step whose start() an interrupt skipped: a fresh thread (the
+        # one issued before, if its start() still comes, sees it is not current and stays).
+        thread = threading.Thread(target=self._thread_main, name=self._name, daemon=True)
+        self.thread = thread
+        self._run = _Run.ISSUED
+        return thread
+
+    def start(self, thread: threading.Thread) -> None:
+        """Start ``thread`` (from :meth:`wake`); when no thread can start (interpreter
+        shutdown), write here until nothing is left. Caller does not hold the lock."""
+        host = self._host
+        with host.lock:
+            if self.thread is not thread or self._run is not _Run.ISSUED or host.closing:
+                return
+            self._run = _Run.BUSY
+            self._started = [r for r in self._started if r() is not None]
+            self._started.append(weakref.ref(thread))
+        started = False
+        try:
+            started = start_thread(thread)
+        except Exception:
+            logger.exception("could not start the writer thread: writing in this one")
+        except BaseException:
+            # Interrupted while starting: if the thread did start it runs anyway (a second
+            # writer would be harmless: the ledger gives the turn to write to one at a time).
+            with host.lock:
+                if self.thread is thread and not thread.is_alive():
+                    self._ended()
+            raise
+        if started:
+            return
+        logger.debug("interpreter shutting down: the writer's work runs in %s",
+                     threading.current_thread().name)
+        with host.lock:
+            self._inline = True
+        try:
+            self._main()
+        finally:
+            with host.lock:
+                self._inline = False
+                if self._run is _Run.BUSY and self.thread is thread:
+                    self._ended()
+
+    def stop(self, timeout: float | None) -> list[Transport]:
+        """close(): wait up to ``timeout`` for a running writer to send its close frames and
+        end; then no writer starts any more. Returns the connections that still need a close
+        frame (close() sends them), none when the writer is still blocked in a write."""
+        host = self._host
+        with host.lock:
+            if self.thread is not threading.current_thread():
+                self._cv.notify_all()
+                self._cv.wait_for(lambda: self._run is not _Run.BUSY, timeout)
+            if self._run is _Run.BUSY:
+                return []
+            self._run = _Run.CLOSED
+            return [] if self._closes_sent else list(self.closing_transports)
+
+    def threads(self) -> list[threading.Thread]:
+        """The writer threads that may still be alive (close() joins them). Caller holds the
+        lock."""
+        alive = [r() for r in self._started]
+        return [t for t in alive if t is not None and t.is_alive()]
+
+    def _ended(self) -> None:
+        """The writer stops. Caller holds the lock."""
+        self._run = _Run.IDLE
+        self.thread = None
+        self._cv.notify_all()  # close() may wait for it
+        self._condition = None  # an idle client keeps no Condition (the next writer makes one)
+
+    def _thread_main(self) -> None:
+        try:
+            self._main()
+        finally:
+            host = self._host
+            with host.lock:
+                if self.thread is threading.current_thread() and self._run is _Run.BUSY:
+                    self._ended()
 
     def _loop(self) -> None:
         host = self._host
         machine = host.machine
+        me = threading.current_thread()
+        linger_until = 0.0  # after writing messages, wait this long for more
         while True:
             with host.lock:
                 while True:
                     if host.closing:
                         transports = list(self.closing_transports)
+                        self._closes_sent = True
                         break
                     if machine.writable():
                         now = host.clock()
@@ -191,12 +347,22 @@ class Writer(_Loop):
                         controls, entries = machine.take_writes(generation, now)
                         transport = host.transport(generation)
                         break
-                    self._cv.wait()
+                    idle = linger_until - time.monotonic()
+                    if idle <= 0 or self._inline or self.thread is not me:
+                        if self.thread is me or self._inline:
+                            self._ended()
+                        return
+                    self._cv.wait(idle)
             if host.closing:
                 for each in transports:
                     each.send_close()
+                with host.lock:
+                    if self.thread is me or self._inline:
+                        self._ended()
                 return
             self._write(generation, transport, controls, entries)
+            if entries:
+                linger_until = time.monotonic() + WRITER_IDLE
 
     def _write(
         self,
@@ -228,36 +394,70 @@ class Writer(_Loop):
                 later = host.drain()
             host.carry_out(later)
         if written:
-            for entry in entries:
-                entry.future.mark_running()
+            mark_all_running([entry.future for entry in entries])
 
 
-class Timer(_Loop):
-    """The thread ``wsync-timer-<client>``: runs the machine's deadlines and opens connections.
+class Timer:
+    """A client's deadlines (backoff delays, the attempt's and the confirm's timeouts, pings,
+    the pong timeout) on the process-wide ``wsync-timer`` thread (:mod:`wsync._scheduler`).
+
+    ``fire`` runs the machine's timer step under the client's lock and reschedules; what it
+    leaves is carried out by ``host.carry_out_timed``, which never blocks (an ``Open`` goes
+    to a connect thread).
 
     Args:
         host: the engine.
-        name: the thread's name.
+        scheduler: the process's scheduler.
     """
 
-    role = "timer"
+    __slots__ = ("_host", "_scheduler", "due")
 
-    def _loop(self) -> None:
+    def __init__(self, host: Host, scheduler: Scheduler) -> None:
+        self._host = host
+        self._scheduler = scheduler
+        self.due: float | None = None  # the scheduler's (see Job)
+
+    def start(self) -> None:
+        """Join the timer thread. Caller holds the lock."""
+        self._scheduler.add(self)
+        self.wake()
+
+    def stop(self) -> threading.Thread | None:
+        """Leave the timer thread; returns it when this was its last client (to join)."""
+        return self._scheduler.remove(self)
+
+    def wake(self) -> None:
+        """The machine's next deadline may have moved. Caller holds the lock."""
+        self._scheduler.schedule(self, self._host.machine.next_deadline())
+
+    def fire(self) -> None:
+        """On the timer thread: do what is due now, reschedule."""
         host = self._host
-        machine = host.machine
-        while True:
-            with host.lock:
-                while True:
-                    if host.closing:
-                        return
-                    now = host.clock()
-                    machine.on_timer(now)
-                    later = host.drain()
-                    if later:
-                        break
-                    deadline = machine.next_deadline()
-                    self._cv.wait(None if deadline is None else max(0.0, deadline - now))
-            host.carry_out(later)  # an Open is carried out here, bounded by connect_timeout
+        with host.lock:
+            if host.closing:
+                return
+            now = host.clock()
+            try:
+                host.machine.on_timer(now)
+                later = host.drain()
+            except Exception:
+                # A bug: logged; the connection is dropped (a fresh start), retried soon.
+                logger.exception("internal error in the timer thread")
+                error = ConnectError("internal error in a wsync thread", phase="connection")
+                host.machine.on_internal_error(error, now)
+                later = host.drain()
+                deadline = host.machine.next_deadline()
+                self._scheduler.schedule(
+                    self, now + RECOVER_PAUSE if deadline is None
+                    else max(deadline, now + RECOVER_PAUSE)
+                )
+            else:
+                self.wake()
+        host.carry_out_timed(later)
+
+    def fire_now(self) -> None:
+        """Fire at once (the exit hook hands over an attempt). Caller holds the lock."""
+        self._scheduler.schedule(self, self._host.clock())
 
 
 class Turn(enum.Enum):
@@ -556,7 +756,7 @@ def control_text(control: Control, client_id: str) -> str:
     return protocol.encode(protocol.Connect(client_id=client_id, timestamp=protocol.now()))
 
 
-def _recover(host: Host, cv: threading.Condition) -> bool:
+def _recover(host: Host, loop: _Loop) -> bool:
     """After a bug in a loop: drop the connection (a fresh start), pause briefly, go on.
 
     Returns False when the client is closing (the loop must end).
@@ -564,7 +764,7 @@ def _recover(host: Host, cv: threading.Condition) -> bool:
     with host.lock:
         if host.closing:
             return False
-        cv.wait(0.1)  # never a hot loop of errors
+        loop._cv.wait(0.1)  # never a hot loop of errors
         machine = host.machine
         error = ConnectError("internal error in a wsync thread", phase="connection")
         machine.on_internal_error(error, host.clock())

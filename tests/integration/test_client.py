@@ -337,8 +337,11 @@ class TestCancelCallbacks:
 
 
 class TestThreads:
-    def test_idle_client_without_callbacks_runs_three_threads(self, server: ProtocolServer) -> None:
-        """No callbacks to run: no callbacks thread (reader, writer and timer only)."""
+    def test_client_without_callbacks_runs_no_callbacks_thread(
+        self, server: ProtocolServer
+    ) -> None:
+        """No callbacks to run: no callbacks thread (its reader, a writer while it writes, and
+        the shared timer; tests/integration/test_threads.py counts them exactly)."""
         with Client(server.url, backoff=FAST) as c:
             c.send_and_wait("x", timeout=TIMEOUT)
             names = sorted(
@@ -346,7 +349,8 @@ class TestThreads:
                 if t.name.startswith("wsync-") and not t.name.startswith("wsync-server")
             )
         n = c._engine.number
-        assert names == [f"wsync-reader-{n}.1", f"wsync-timer-{n}", f"wsync-writer-{n}"]
+        assert {f"wsync-reader-{n}.1", "wsync-timer"} <= set(names)
+        assert set(names) <= {f"wsync-reader-{n}.1", "wsync-timer", f"wsync-writer-{n}"}
 
     def test_callbacks_thread_starts_with_the_first_callback(self, server: ProtocolServer) -> None:
         """A done-callback starts the callbacks thread and runs there."""
