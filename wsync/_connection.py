@@ -22,7 +22,7 @@ import logging
 import math
 import select
 import socket
-import ssl
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -107,7 +107,8 @@ def _closed_reason(exc: BaseException, *, aborted: bool) -> str:
         return "connection reset by peer"
     if isinstance(exc, BrokenPipeError):
         return "connection closed by peer (broken pipe)"
-    if isinstance(exc, ssl.SSLError):
+    ssl = sys.modules.get("ssl")  # (no TLS error exists unless a connection imported ssl)
+    if ssl is not None and isinstance(exc, ssl.SSLError):
         return f"tls error ({exc.reason or type(exc).__name__})"
     if isinstance(exc, OSError):
         if exc.errno == errno.EBADF:
@@ -145,6 +146,8 @@ class Transport:
         self, sock: socket.socket, *, max_frame_size: int, where: str, initial: bytes = b""
     ) -> None:
         self._sock = sock
+        ssl = sys.modules.get("ssl")  # imported by the handshake for wss://, else not at all
+        self._tls = ssl is not None and isinstance(sock, ssl.SSLSocket)
         self._where = where
         self._max = max_frame_size
         self._parser = Parser(max_frame_size)
@@ -342,16 +345,23 @@ class Transport:
         if poller is None:
             poller = self._poller = select.poll()
             poller.register(sock.fileno(), select.POLLOUT)
-        if not poller.poll(timeout * 1000):
-            return False
-        if isinstance(sock, ssl.SSLSocket):
+        if self._tls:
+            if not poller.poll(timeout * 1000):
+                return False
             # SSLSocket refuses flags; POLLOUT says a small record fits without blocking.
             sock.sendall(data)
             return True
+        # A plain socket: try at once (a send that finds no room writes nothing), and wait
+        # for room only then: the usual write costs one system call, not two.
         try:
             sent = sock.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return False  # room for less than a segment after all: nothing written
+            if not timeout or not poller.poll(timeout * 1000):
+                return False
+            try:
+                sent = sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False  # room for less than a segment after all: nothing written
         deadline = time.monotonic() + _PARTIAL_SEND_TIMEOUT
         while sent < len(data):
             if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
@@ -435,9 +445,8 @@ class Transport:
     def _readable(self, deadline: float) -> bool:
         """Wait until the socket has data (or an end) to read, at most until ``deadline``."""
         sock = self._sock
-        pending = getattr(sock, "pending", None)  # TLS: bytes decrypted already, unseen by poll
-        if pending is not None and pending():
-            return True
+        if self._tls and sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
+            return True  # bytes decrypted already, which poll() does not see
         poller = self._read_poller
         if poller is None:
             poller = self._read_poller = select.poll()

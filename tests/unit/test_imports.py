@@ -69,10 +69,6 @@ class TestImportWsync:
         """``import wsync`` does not import a module only some clients use."""
         assert module not in _modules_after("import wsync")
 
-    @pytest.mark.xfail(
-        reason="wsync/_connection.py imports ssl at module level (its isinstance checks)",
-        strict=False,
-    )
     def test_import_wsync_leaves_out_ssl(self) -> None:
         """``import wsync`` does not import ssl (only wss:// or an ssl_context needs it)."""
         assert "ssl" not in _modules_after("import wsync")
