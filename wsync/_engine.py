@@ -24,7 +24,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -185,7 +184,7 @@ class Engine:
         self.client_id = client_id
         self.clock = clock
         self.number = next(_numbers)
-        self._pid = os.getpid()
+        self._pid = _exit.pid
         self._callbacks = weakref.ref(callbacks)
         self._has_on_state_change = callbacks.on_state_change is not None
         self._has_on_response = callbacks.on_response is not None
@@ -261,12 +260,12 @@ class Engine:
 
     def owned(self) -> bool:
         """Whether this process owns the client (False in a forked child)."""
-        return self._pid == os.getpid()
+        return self._pid == _exit.pid
 
     def _check_owned(self) -> None:
         """Raise in a forked child, before any lock is taken (a lock held by a thread of
         the parent at the fork is held for ever in the child)."""
-        if self._pid != os.getpid():
+        if self._pid != _exit.pid:
             raise WsyncError(
                 f"this client belongs to process {self._pid} (it was inherited through "
                 "fork()): make a new Client in this process"

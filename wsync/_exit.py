@@ -23,11 +23,24 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["on_fork_in_child", "register", "start_thread", "threads_refused"]
+__all__ = ["on_fork_in_child", "pid", "register", "start_thread", "threads_refused"]
 
 logger = logging.getLogger(__name__)
 
 _refused = False  # a thread was refused: the interpreter is shutting down
+
+# This process's id, kept up to date by a fork hook: a check on every send() reads it with
+# no system call (os.getpid() is one on every call since glibc 2.25).
+pid = os.getpid()
+
+
+def _forked() -> None:
+    global pid
+    pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _early_atexit() -> Callable[[Callable[[], None]], None] | None:

@@ -71,6 +71,9 @@ class MessageFuture(Future["Response"]):
         # Done-callbacks added while not done: None (none yet), then a list; swapped out
         # (under the owner's lock) by whoever finishes the future, who then runs them.
         self._callbacks: list[DoneCallback] | None = None
+        # Written on some connection (a plain flag: marking costs no lock per message; the
+        # state Future keeps stays PENDING, and cancel() asks the owner, who refuses then).
+        self._written = False
 
     def __repr__(self) -> str:
         if self.cancelled():
@@ -162,32 +165,19 @@ class MessageFuture(Future["Response"]):
                 return None
             return self._take_callbacks()
 
-    def mark_running(self) -> None:
-        """The message was written: ``running()`` is True from now (unless done already)."""
-        owner = self._owner
-        with _ORPHAN_LOCK if owner is None else owner.resolve_lock:
-            self._mark_running()
+    def running(self) -> bool:
+        """True once the message was written and until the future is done."""
+        return self._written and not self.done()
 
-    def _mark_running(self) -> None:
-        """Caller holds the lock."""
-        # Not set_running_or_notify_cancel() on a future running already (a message
-        # written again after a reconnect): Future logs that at CRITICAL.
-        if not self.done() and not self.running():
-            super().set_running_or_notify_cancel()
+    def mark_running(self) -> None:
+        """The message was written: ``running()`` is True from now (unless done already).
+
+        Idempotent (a message written again after a reconnect); takes no lock.
+        """
+        self._written = True
 
 
 def mark_all_running(futures: Sequence[MessageFuture]) -> None:
-    """:meth:`MessageFuture.mark_running` of each, taking their owner's lock once, not once
-    per future (a writer marks a whole batch it wrote)."""
-    if not futures:
-        return
-    owner = futures[0]._owner
-    others = []
-    with _ORPHAN_LOCK if owner is None else owner.resolve_lock:
-        for future in futures:
-            if future._owner is owner:
-                future._mark_running()
-            else:
-                others.append(future)
-    for future in others:  # another owner's: under its own lock
-        future.mark_running()
+    """:meth:`MessageFuture.mark_running` of each (a writer marks a whole batch it wrote)."""
+    for future in futures:
+        future._written = True
