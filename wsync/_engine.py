@@ -943,7 +943,7 @@ class Engine:
             future = entry.future
             if lent is not None:
                 # The reader was parked for us: read our own response in this thread.
-                lent.lead(entry, me, deadline.remaining())
+                lent.lead(entry, deadline.remaining())
             return future.result(deadline.remaining())
         except concurrent.futures.TimeoutError:
             pass

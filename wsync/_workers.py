@@ -521,8 +521,6 @@ class Reader:
         # The turn to read and how a parked reader resumes: guarded by the host's lock.
         self.turn = Turn.READER
         self.lender: threading.Thread | None = None  # the caller it is LENT to
-        self._leading = False  # the lender is in lead() (else it has yet to start)
-        self._lent_at = 0.0
         self._parked_until = 0.0
         self._resume = False
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -551,8 +549,6 @@ class Reader:
             return False
         self.turn = Turn.LENT
         self.lender = caller
-        self._leading = False
-        self._lent_at = self._host.clock()
         return True
 
     def give_back(self, caller: threading.Thread) -> None:
@@ -564,7 +560,6 @@ class Reader:
             return
         host = self._host
         self.lender = None
-        self._leading = False
         self._park(host.clock())
         if host.machine.expecting or host.closing:
             self._resume = True
@@ -582,14 +577,8 @@ class Reader:
         while True:
             if self.turn is Turn.LENT:
                 lender = self.lender
-                if (
-                    lender is None
-                    or not lender.is_alive()
-                    or (not self._leading and clock() - self._lent_at >= PARK_GRACE)
-                ):
-                    # The caller never started reading (interrupted between taking the turn
-                    # and using it), or its thread is gone: the turn is taken back.
-                    self.lender = None
+                if lender is None or not lender.is_alive():
+                    self.lender = None  # its thread is gone (a bug): the turn is taken back
                     break
                 self._cv.wait(PARK_GRACE)
                 continue
@@ -695,10 +684,14 @@ class Reader:
             later = host.drain()
         host.carry_out(later)
 
-    def lead(self, entry: Entry, me: threading.Thread, timeout: float | None) -> None:
-        """In the caller ``me`` that was :meth:`lend`-ed the turn: read until ``entry`` is
-        done (its future settled, here or by close()), the timeout, or the connection's end;
-        the turn is given back whatever happens.
+    def lead(self, entry: Entry, timeout: float | None) -> None:
+        """In a caller that was :meth:`lend`-ed the turn: read until ``entry`` is
+        done (its future settled, here or by close()), the timeout, or the connection's end.
+        The turn is given back here, whatever happens, and again (idempotent) by the
+        caller's ``Engine._end_wait`` as it leaves ``send_and_wait``: a ``finally`` entered
+        before the turn was taken, so that one interrupt, wherever it strikes (even in one
+        of those ``finally`` blocks), cannot leave the turn lent to a caller that no longer
+        reads.
 
         An interrupt (Ctrl-C) while waiting for data loses nothing; anywhere else, bytes or
         a frame may be in hand, so the connection is dropped: every unanswered message is
@@ -706,11 +699,7 @@ class Reader:
         """
         host = self._host
         transport = self._transport
-        with host.lock:
-            if self.turn is not Turn.LENT or self.lender is not me:
-                return  # taken back meanwhile (this caller was too slow to start)
-            self._leading = True
-            deadline = None if timeout is None else host.clock() + timeout
+        deadline = None if timeout is None else host.clock() + timeout
         safe = True
         try:
             while entry.state is not DONE:
@@ -738,7 +727,7 @@ class Reader:
         finally:
             transport.waiting = False
             with host.lock:
-                self.give_back(me)
+                self.give_back(threading.current_thread())
 
     def _malformed(self, reason: str) -> None:
         host = self._host
