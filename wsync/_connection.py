@@ -345,23 +345,19 @@ class Transport:
         if poller is None:
             poller = self._poller = select.poll()
             poller.register(sock.fileno(), select.POLLOUT)
+        # POLLOUT first, not a plain try: it is set only while the socket has ample room
+        # (a third of its buffer free), so a frame is rarely split; a send into a nearly
+        # full buffer would take part of the frame and then have to wait for the rest.
+        if not poller.poll(timeout * 1000):
+            return False
         if self._tls:
-            if not poller.poll(timeout * 1000):
-                return False
             # SSLSocket refuses flags; POLLOUT says a small record fits without blocking.
             sock.sendall(data)
             return True
-        # A plain socket: try at once (a send that finds no room writes nothing), and wait
-        # for room only then: the usual write costs one system call, not two.
         try:
             sent = sock.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            if not timeout or not poller.poll(timeout * 1000):
-                return False
-            try:
-                sent = sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return False  # room for less than a segment after all: nothing written
+            return False  # room for less than a segment after all: nothing written
         deadline = time.monotonic() + _PARTIAL_SEND_TIMEOUT
         while sent < len(data):
             if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):

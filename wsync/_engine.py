@@ -46,7 +46,7 @@ from wsync._errors import (
     TLSError,
     WsyncError,
 )
-from wsync._futures import DoneCallback, MessageFuture, run_callbacks
+from wsync._futures import DoneCallback, MessageFuture, Waiter, run_callbacks
 from wsync._handshake import Connector, redact_url
 from wsync._ledger import Entry
 from wsync._machine import (
@@ -444,11 +444,14 @@ class Engine:
         self._recover_owed()
 
     def _settle(
-        self, future: MessageFuture, response: Response | None, error: BaseException | None
+        self,
+        future: MessageFuture | Waiter,
+        response: Response | None,
+        error: BaseException | None,
     ) -> None:
         """Finish a future here; its done-callbacks go to the callbacks thread."""
         callbacks = future.settle(response, error)
-        if callbacks:
+        if callbacks and isinstance(future, MessageFuture):  # (a Waiter has none)
             with self.lock:
                 if self._dispatch.accepting():
                     self._dispatch.put(run_callbacks, future, callbacks)
@@ -767,7 +770,9 @@ class Engine:
         self.carry_out(later)
 
     def send(self, content: str, message_id: str | None) -> MessageFuture:
-        return self._send(content, message_id, None)[0].future
+        future = self._send(content, message_id, None)[0].future
+        assert type(future) is MessageFuture
+        return future
 
     def _send(
         self, content: str, message_id: str | None, lead: threading.Thread | None
@@ -787,7 +792,8 @@ class Engine:
                 f"message {mid} is {len(text)} bytes encoded, over "
                 f"max_send_size={self._max_send_size}"
             )
-        entry = Entry(mid, text, MessageFuture(mid, self))
+        # send_and_wait's message has a lighter future: only its caller ever sees it.
+        entry = Entry(mid, text, MessageFuture(mid, self) if lead is None else Waiter(mid))
         if self._durable:
             self._send_durable(entry, content)
             return entry, None
@@ -886,7 +892,7 @@ class Engine:
         if written:
             entry.future.mark_running()
 
-    def _send_durable(self, entry: Entry, content: str) -> MessageFuture:
+    def _send_durable(self, entry: Entry, content: str) -> None:
         """Journal the message before it is queued; concurrent senders share commits."""
         mid = entry.message_id
         with self.lock:
@@ -921,7 +927,6 @@ class Engine:
             if added and not keep:
                 self._discard_now([mid])
             raise
-        return entry.future
 
     def _check_can_send(self, message_id: str) -> None:
         """Caller holds self.lock."""

@@ -1,6 +1,7 @@
-"""MessageFuture: a ``concurrent.futures.Future[Response]`` that knows its message.
+"""MessageFuture: a ``concurrent.futures.Future[Response]`` that knows its message; Waiter.
 
-Its one job: the future ``send()`` returns, built on ``Future``'s public API only. It must
+Its one job: the future ``send()`` returns, built on ``Future``'s public API only (and the
+lighter :class:`Waiter` that ``send_and_wait`` keeps to itself). It must
 not read or write ``Future``'s private state (``_state``, ``_condition``, ``_waiters``,
 ``_done_callbacks``): it keeps its own done-callbacks instead, so that the engine decides
 which thread runs them (never the one reading the socket), and it asks its owner (the
@@ -12,13 +13,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future, InvalidStateError, TimeoutError
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from wsync.protocol import Response
 
-__all__ = ["DoneCallback", "FutureOwner", "MessageFuture", "mark_all_running", "run_callbacks"]
+__all__ = [
+    "DoneCallback",
+    "FutureOwner",
+    "MessageFuture",
+    "Waiter",
+    "mark_all_running",
+    "run_callbacks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +185,59 @@ class MessageFuture(Future["Response"]):
         self._written = True
 
 
-def mark_all_running(futures: Sequence[MessageFuture]) -> None:
+class Waiter:
+    """The pending result of a ``send_and_wait`` message, which only its caller ever sees.
+
+    Not a ``Future``: nobody adds callbacks to it, cancels it or passes it to
+    ``concurrent.futures.wait``, so it skips what those need (a ``Condition`` and an
+    ``RLock`` made per message, and their Python-level notify): a lock held until the
+    result is in. The engine settles it exactly as a :class:`MessageFuture`.
+    """
+
+    __slots__ = ("_error", "_ready", "_result", "_settled", "_written", "message_id")
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self._ready = threading.Lock()
+        self._ready.acquire()  # released once settled
+        self._settled = False
+        self._result: Response | None = None
+        self._error: BaseException | None = None
+        self._written = False
+
+    def done(self) -> bool:
+        return self._settled
+
+    def mark_running(self) -> None:
+        self._written = True
+
+    def settle(
+        self, result: Response | None, error: BaseException | None
+    ) -> list[DoneCallback] | None:
+        """As :meth:`MessageFuture.settle` (never any callbacks); None if settled already."""
+        with _ORPHAN_LOCK:
+            if self._settled:
+                return None
+            self._result, self._error = result, error
+            self._settled = True
+        self._ready.release()
+        return []
+
+    def result(self, timeout: float | None = None) -> Response:
+        """The response, or the error raised; ``concurrent.futures.TimeoutError`` if not
+        settled within ``timeout``."""
+        ready = self._ready
+        if not self._settled:
+            if not ready.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError()
+            ready.release()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def mark_all_running(futures: Sequence[MessageFuture | Waiter]) -> None:
     """:meth:`MessageFuture.mark_running` of each (a writer marks a whole batch it wrote)."""
     for future in futures:
         future._written = True

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Final
 from wsync._ratelimit import SlidingWindow
 
 if TYPE_CHECKING:
-    from wsync._futures import MessageFuture
+    from wsync._futures import MessageFuture, Waiter
 
 __all__ = ["WRITE_BATCH", "WRITE_BATCH_BYTES", "Entry", "EntryState", "Ledger"]
 
@@ -68,7 +68,7 @@ class Entry:
     __slots__ = ("caught", "deliveries", "future", "message_id", "state", "text", "written")
 
     def __init__(
-        self, message_id: str, text: str, future: MessageFuture, deliveries: int = 0
+        self, message_id: str, text: str, future: MessageFuture | Waiter, deliveries: int = 0
     ) -> None:
         self.message_id = message_id
         self.text = text  # the encoded `message` frame, written as-is (resends too)

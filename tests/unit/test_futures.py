@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import TIMEOUT
 from wsync import MessageFuture, Response
-from wsync._futures import mark_all_running
+from wsync._futures import Waiter, mark_all_running
 
 RESPONSE = Response(
     message_id="m", content="c", timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -227,3 +227,47 @@ class TestCancel:
         with pytest.raises(RuntimeError):
             future.cancel()
         assert not future.cancelled()
+
+
+class TestWaiter:
+    def test_result_after_settle(self) -> None:
+        """A Waiter settled with a response returns it, as often as asked; done() says so."""
+        waiter = Waiter("m")
+        assert not waiter.done()
+        assert waiter.settle(RESPONSE, None) == []
+        assert waiter.done()
+        assert waiter.result(0) is RESPONSE
+        assert waiter.result() is RESPONSE
+
+    def test_settles_once(self) -> None:
+        """A second settle changes nothing and says so with None."""
+        waiter = Waiter("m")
+        error = ValueError("first")
+        assert waiter.settle(None, error) == []
+        assert waiter.settle(RESPONSE, None) is None
+        with pytest.raises(ValueError, match="first"):
+            waiter.result(0)
+
+    def test_timeout_is_the_futures_timeout_error(self) -> None:
+        """result(timeout) on an unsettled Waiter raises concurrent.futures.TimeoutError."""
+        waiter = Waiter("m")
+        with pytest.raises(concurrent.futures.TimeoutError):
+            waiter.result(0.01)
+        assert not waiter.done()
+
+    def test_settled_from_another_thread_wakes_the_waiting_one(self) -> None:
+        """A thread blocked in result() wakes when another thread settles the Waiter."""
+        waiter = Waiter("m")
+        started = threading.Event()
+        got: list[object] = []
+
+        def wait() -> None:
+            started.set()
+            got.append(waiter.result(TIMEOUT))
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        assert started.wait(TIMEOUT)
+        waiter.settle(RESPONSE, None)
+        thread.join(TIMEOUT)
+        assert got == [RESPONSE]
