@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -197,6 +197,7 @@ class Engine:
         # Guards MessageFuture state changes and their done-callback lists (FutureOwner).
         self.resolve_lock = threading.Lock()
         self._state_cv = threading.Condition(self.lock)  # connect()/flush() waiters
+        self._state_waiters = 0  # threads waiting on it (no notify, a Python loop, without)
         self._outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
         self._durable = not isinstance(self._outbox, MemoryOutbox)
         self.machine = Machine(
@@ -328,7 +329,8 @@ class Engine:
                 case Wake.TIMER:
                     self._timer.wake()
                 case Wake.WAITERS:
-                    self._state_cv.notify_all()
+                    if self._state_waiters:
+                        self._state_cv.notify_all()
                 case Wake.READER:
                     for reader in self._reader_objs:
                         reader.wake()
@@ -387,10 +389,23 @@ class Engine:
                 owed = self._owed
                 for key in settled:
                     owed.pop(key, None)
-                if not owed:
+                if not owed and self._state_waiters:
                     self._state_cv.notify_all()
         if interrupted is not None:
             raise interrupted
+
+    def _wait_state(
+        self, timeout: float | None, predicate: Callable[[], bool] | None = None
+    ) -> bool:
+        """Wait on the state condition (until ``predicate``, if given), counted among its
+        waiters so that state changes notify only when someone waits. Caller holds the lock."""
+        self._state_waiters += 1
+        try:
+            if predicate is None:
+                return self._state_cv.wait(timeout)
+            return bool(self._state_cv.wait_for(predicate, timeout))
+        finally:
+            self._state_waiters -= 1
 
     def _recover_owed(self) -> None:
         """Carry out the settlements this thread drained and never carried out (an interrupt
@@ -751,7 +766,7 @@ class Engine:
                         raise
                     later = self.drain()
                     break
-                self._state_cv.wait(remaining)
+                self._wait_state(remaining)
         self.carry_out(later)
         raise timeout_error
 
@@ -834,7 +849,8 @@ class Engine:
         with self.lock:
             self.sync_waiters.discard(me)
             for reader in self._reader_objs:
-                reader.give_back(me)
+                if reader.lender is me:  # (lead() gave it back already, as a rule)
+                    reader.give_back(me)
             owed = bool(self._owed)
         if owed:
             self._recover_owed()
@@ -976,9 +992,9 @@ class Engine:
     def _flush(self, deadline: Deadline) -> bool:
         machine = self.machine
         with self.lock:
-            drained = self._state_cv.wait_for(
-                lambda: (not machine.pending and not self._owed) or self._closing,
+            drained = self._wait_state(
                 deadline.remaining(),
+                lambda: (not machine.pending and not self._owed) or self._closing,
             )
             if self._closing:
                 return not machine.pending  # close() failed them all; nothing runs any more
@@ -1024,7 +1040,7 @@ class Engine:
             # Closed already, or closing in another thread (or in ours, from a callback).
             if not self._own_thread() and runner is not me:
                 with self.lock:
-                    self._state_cv.wait_for(lambda: self._closed, deadline.remaining())
+                    self._wait_state(deadline.remaining(), lambda: self._closed)
             return
         try:
             # Again after an interrupt: machine.close() asks again for whatever is not done.

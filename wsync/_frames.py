@@ -514,7 +514,13 @@ def encode_text(text: str) -> bytes:
         TypeError: ``text`` is not a ``str``.
         ValueError: ``text`` cannot be encoded as UTF-8 (a lone surrogate).
     """
-    return encode_texts((text,))
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    try:
+        payload = text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("text cannot be encoded as UTF-8 (lone surrogate)") from None
+    return encode_frame(OP_TEXT, payload)  # one frame: cheaper than a batch of one
 
 
 def encode_texts(
