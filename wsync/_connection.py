@@ -157,6 +157,7 @@ class Transport:
         self._send_lock = threading.Lock()
         self._poller: select.poll | None = None  # made once, under the send lock
         self._read_poller: select.poll | None = None  # made once, by whoever reads
+        self._park_poller: select.poll | None = None  # the parked reader thread's
         self.waiting = False  # recv_within() is waiting for data: nothing read is in hand
         # The payload of the one pong owed (None: none). Guarded by its own lock, never held
         # during I/O, so that taking it and a newer ping replacing it cannot cross.
@@ -451,6 +452,25 @@ class Transport:
         ready = poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000)))
         self.waiting = False
         return bool(ready)
+
+    def buffered(self) -> bool:
+        """Whether bytes already read wait to be parsed (then :meth:`recv` starts with them)."""
+        return self._parser.buffered() > 0
+
+    def wait_readable(self) -> bool:
+        """Wait, with no limit, until the socket has data or an end to read (True), without
+        reading; False after a spurious wake-up. For a reader that parked: a caller may read
+        meanwhile (with :meth:`recv_within`), so this uses a poll object of its own."""
+        if self._aborted:
+            return True  # recv() says how it ended
+        sock = self._sock
+        if self._tls and sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
+            return True
+        poller = self._park_poller
+        if poller is None:
+            poller = self._park_poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll())
 
     def recv_buffered(self) -> str | bytes | None:
         """The next data message if the bytes read already hold it whole; else None.

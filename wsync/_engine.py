@@ -228,9 +228,6 @@ class Engine:
         self._handed_open: Open | None = None
         self._readers: list[threading.Thread] = []
         self._reader_objs: list[Reader] = []  # the connections' readers (the turn to read)
-        # Threads in send_and_wait (a reader parks for them); a set, so that leaving is
-        # idempotent whatever an interrupt skipped.
-        self.sync_waiters: set[threading.Thread] = set()
         self._threads: set[threading.Thread] = set()  # every thread this client started
         # Futures being settled outside the lock (flush waits for them): each Resolve/Fail
         # drained and not yet carried out, by id, with the thread that drained it, so that a
@@ -793,9 +790,8 @@ class Engine:
         self, content: str, message_id: str | None, lead: threading.Thread | None
     ) -> tuple[Entry, Reader | None]:
         """send(); with ``lead`` (send_and_wait: the calling thread), also take the turn to
-        read from a parked reader of the current connection, in the same step (before the
-        write can resume it), and count the caller among ``sync_waiters``: the caller ends
-        both with _end_wait()."""
+        read from the parked reader of the current connection, in the same step (before the
+        response can wake it): the caller gives it back with _end_wait()."""
         self._check_owned()
         mid = uuid4_text() if message_id is None else message_id
         text = protocol.encode_message_now(
@@ -822,7 +818,6 @@ class Engine:
                 generation = self.machine.generation
                 transport = self._transports.get(generation) if inline else None
                 if lead is not None:
-                    self.sync_waiters.add(lead)
                     lent = self._lend(generation, lead)
                 later = self.drain()
             if later:
@@ -844,10 +839,9 @@ class Engine:
         return None
 
     def _end_wait(self, me: threading.Thread) -> None:
-        """A send_and_wait caller leaves (however): no longer waiting, and any turn to read
-        lent to it given back. Idempotent."""
+        """A send_and_wait caller leaves (however): any turn to read lent to it is given back,
+        and what it drained and never carried out is carried out. Idempotent."""
         with self.lock:
-            self.sync_waiters.discard(me)
             for reader in self._reader_objs:
                 if reader.lender is me:  # (lead() gave it back already, as a rule)
                     reader.give_back(me)

@@ -86,7 +86,6 @@ class Host(Protocol):
     machine: Machine
     clock: Clock
     client_id: str
-    sync_waiters: set[threading.Thread]  # callers in send_and_wait, waiting for a response
 
     @property
     def closing(self) -> bool: ...
@@ -472,10 +471,9 @@ DONE: Final = EntryState.DONE
 # At most this many responses one read brought are handled under one hold of the lock.
 BATCH: Final = 64
 
-# How long a parked reader waits for a caller to take its turn before reading again. While
-# parked nothing is owed to anyone: no message in flight or queued, no ping unanswered (a
-# write of any of these resumes it at once); only a frame the server sends unasked (its own
-# ping, an error, a close) waits for it, at most this long.
+# While a caller reads, the reader thread looks again this often (a thread gone without
+# giving the turn back; the turn given back silently after a loop of round trips, so that
+# a connection lost then is seen within this).
 PARK_GRACE: Final = 0.2
 
 
@@ -484,18 +482,21 @@ class Reader:
 
     Leader/followers. A caller of ``send_and_wait`` that just wrote its message would
     otherwise sleep until this thread reads the response and wakes it: one thread hop per
-    round trip, most of a loopback round trip's cost. So once a response to such a caller
-    leaves nothing in flight, this thread *parks* (:attr:`Turn.PARKED`) instead of reading
-    on, and the next ``send_and_wait`` that writes its message in its own thread takes the
-    turn (:meth:`lend`) and reads the socket itself (:meth:`lead`) until its response is
-    in, carrying out every frame exactly as this thread would (other threads' responses,
-    pongs, pings, errors, the connection's end); then it gives the turn back. A sequential
-    caller thus reads its own responses with no hop at all, while the guarantees hold:
-    nothing read is lost (the transport keeps partial frames for whoever reads next; an
-    interrupt outside the wait for data drops the connection, so every unanswered message
-    is sent again), no user code runs while reading (callbacks go to the callbacks thread),
-    and the thread reads again at once when anything else is expected (``Wake.READER``),
-    when the client closes, or :data:`PARK_GRACE` after it parked.
+    round trip, most of a loopback round trip's cost. So whenever it has read everything
+    that came, this thread *parks* (:attr:`Turn.PARKED`): it waits for the socket to have
+    data (or an end) with ``poll()``, its turn to read free meanwhile. The next
+    ``send_and_wait`` takes the turn (:meth:`lend`) and reads the socket itself
+    (:meth:`lead`) until its response is in, carrying out every frame exactly as this
+    thread would (other threads' responses, pongs, pings, errors, the connection's end);
+    then it gives the turn back. A sequential caller thus reads its own responses with no
+    hop at all, while the guarantees hold: nothing read is lost (the transport keeps
+    partial frames for whoever reads next; an interrupt outside the wait for data drops the
+    connection, so every unanswered message is sent again), no user code runs while reading
+    (callbacks go to the callbacks thread), and whatever arrives while nobody leads wakes
+    this thread at once (a response to ``send()``, a ping, the server closing or resetting
+    the connection). While a caller leads, this thread waits for the turn back; it looks
+    again every :data:`PARK_GRACE` (a caller gives it back without waking it, so that a
+    loop of round trips costs it nothing).
 
     Args:
         host: the engine.
@@ -518,11 +519,9 @@ class Reader:
         self._transport = transport
         self._malformed_log = malformed
         self._cv = threading.Condition(host.lock)
-        # The turn to read and how a parked reader resumes: guarded by the host's lock.
+        # The turn to read: guarded by the host's lock.
         self.turn = Turn.READER
         self.lender: threading.Thread | None = None  # the caller it is LENT to
-        self._parked_until = 0.0
-        self._resume = False
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def run_here(self) -> None:
@@ -532,11 +531,9 @@ class Reader:
     # --- the turn to read (every method here: caller holds the host's lock) --------------
 
     def wake(self) -> None:
-        """Something is expected from the server, or the client closes: a parked reader
-        reads again at once (a caller reading keeps its turn)."""
-        if self.turn is Turn.PARKED:
-            self._resume = True
-            self._cv.notify()
+        """Something changed (the client closes, a caller gave the turn back with more to
+        read): a thread waiting for its turn looks again."""
+        self._cv.notify()
 
     def lend(self, caller: threading.Thread) -> bool:
         """Give ``caller`` the turn to read, if this reader is parked (or lent to ``caller``
@@ -552,28 +549,22 @@ class Reader:
         return True
 
     def give_back(self, caller: threading.Thread) -> None:
-        """``caller`` is done reading (or never started): parked again, for a fresh grace
-        (the thread is not woken: the next caller may take the turn at once); read again at
-        once if anything is expected (other messages in flight, a ping, a closing client).
-        Idempotent: nothing happens unless the turn is lent to ``caller``."""
+        """``caller`` is done reading (or never started): parked again. The thread is not
+        woken (the next caller may take the turn at once), unless anything else is expected
+        (other messages in flight, a ping, a closing client). Idempotent: nothing happens
+        unless the turn is lent to ``caller``."""
         if self.turn is not Turn.LENT or self.lender is not caller:
             return
-        host = self._host
         self.lender = None
-        self._park(host.clock())
-        if host.machine.expecting or host.closing:
-            self._resume = True
-            self._cv.notify()
-
-    def _park(self, now: float) -> None:
         self.turn = Turn.PARKED
-        self._parked_until = now + PARK_GRACE
-        self._resume = False
+        self._cv.notify()  # the thread waits on the socket again
 
     def _take_turn(self) -> None:
-        """The reader thread waits while parked (until resumed or its grace ends) or lent."""
+        """Park, and wait for the turn: while PARKED, for data or an end on the socket (outside
+        the lock); while LENT, for the caller to give it back. Caller holds the lock."""
         host = self._host
-        clock = host.clock
+        transport = self._transport
+        self.turn = Turn.PARKED
         while True:
             if self.turn is Turn.LENT:
                 lender = self.lender
@@ -582,14 +573,17 @@ class Reader:
                     break
                 self._cv.wait(PARK_GRACE)
                 continue
-            if self._resume or host.closing:
+            if host.closing or transport.buffered():
+                break  # (bytes a caller read and left: the rest of a frame, or more frames)
+            lock = host.lock
+            lock.release()
+            try:
+                ready = transport.wait_readable()
+            finally:
+                lock.acquire()
+            if ready and self.turn is Turn.PARKED:
                 break
-            remaining = self._parked_until - clock()
-            if remaining <= 0:
-                break
-            self._cv.wait(remaining)
         self.turn = Turn.READER
-        self._resume = False
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -608,15 +602,16 @@ class Reader:
 
     def _loop(self) -> None:
         host = self._host
+        transport = self._transport
         while True:
-            if self.turn is not Turn.READER:  # only this thread parks itself
+            if not transport.buffered():  # all read is handled: park until more comes
                 with host.lock:
                     self._take_turn()
             data, ended = self._read(None)
             if ended:
                 return
             if data is not None:
-                self._handle(data, park=True)
+                self._handle(data)
 
     def _read(self, timeout: float | None) -> tuple[str | bytes | None, bool]:
         """The next message (None: a malformed one dropped, or none within ``timeout``), and
@@ -632,9 +627,9 @@ class Reader:
             return None, True
         return data, False
 
-    def _handle(self, data: str | bytes, *, park: bool) -> None:
-        """Carry out one message read from the connection; with ``park``, park the reader if
-        a ``send_and_wait`` caller was answered and nothing else is expected."""
+    def _handle(self, data: str | bytes) -> None:
+        """Carry out one message read from the connection (and the responses that came with
+        it)."""
         if type(data) is not str:
             self._malformed(f"binary frame of {len(data)} bytes")
             return
@@ -667,8 +662,6 @@ class Reader:
             for frame in frames:
                 machine.on_frame(self.generation, frame, now)
             later = host.drain()
-            if park and host.sync_waiters and not machine.expecting and not host.closing:
-                self._park(now)
         if later:
             host.carry_out(later)
 
@@ -711,7 +704,7 @@ class Reader:
                 if ended:
                     return
                 if data is not None:
-                    self._handle(data, park=False)
+                    self._handle(data)
                 safe = True
         except BaseException:
             if not (safe or transport.waiting):
