@@ -43,7 +43,7 @@ from wsync._frames import (
     encode_texts,
 )
 
-__all__ = ["MalformedFrame", "Transport", "TransportClosed"]
+__all__ = ["HANGUP", "MalformedFrame", "Transport", "TransportClosed"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ _CLOSE_SEND_TIMEOUT: Final = 0.25
 _PARTIAL_SEND_TIMEOUT: Final = 0.25
 #: How long, after the close frames, the reader waits for the server to close TCP first.
 _CLOSE_WAIT: Final = 1.0
+# poll() events of a connection that ended (a FIN: POLLRDHUP, where the system has it; a
+# reset or an error are reported whatever the mask).
+HANGUP: Final = getattr(select, "POLLRDHUP", 0) | select.POLLHUP
 
 # --------------------------------------------------------------------------------------------------
 # Errors
@@ -157,7 +160,8 @@ class Transport:
         self._send_lock = threading.Lock()
         self._poller: select.poll | None = None  # made once, under the send lock
         self._read_poller: select.poll | None = None  # made once, by whoever reads
-        self._park_poller: select.poll | None = None  # the parked reader thread's
+        self._park_poller: select.poll | None = None  # the reader thread's, while parked
+        self._park_watch = 0  # what it watches the socket for (0: not registered)
         self.waiting = False  # recv_within() is waiting for data: nothing read is in hand
         # The payload of the one pong owed (None: none). Guarded by its own lock, never held
         # during I/O, so that taking it and a newer ping replacing it cannot cross.
@@ -457,20 +461,30 @@ class Transport:
         """Whether bytes already read wait to be parsed (then :meth:`recv` starts with them)."""
         return self._parser.buffered() > 0
 
-    def wait_readable(self) -> bool:
-        """Wait, with no limit, until the socket has data or an end to read (True), without
-        reading; False after a spurious wake-up. For a reader that parked: a caller may read
+    def wait_for_turn(self, wake_fd: int, watch: int, timeout: float | None) -> bool:
+        """For the reader thread waiting for its turn to read: wait until the socket shows
+        what ``watch`` asks (``select.POLLIN``: data or an end; :data:`HANGUP`: an end or a
+        reset only; 0: nothing of the socket), ``wake_fd`` is readable, or ``timeout``
+        passes. True when the socket is ready. Never reads the socket: a caller may read it
         meanwhile (with :meth:`recv_within`), so this uses a poll object of its own."""
         if self._aborted:
             return True  # recv() says how it ended
         sock = self._sock
-        if self._tls and sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
-            return True
+        if watch == select.POLLIN and self._tls and sock.pending():  # type: ignore[attr-defined]
+            return True  # bytes decrypted already, which poll() does not see
+        fd = sock.fileno()
         poller = self._park_poller
         if poller is None:
             poller = self._park_poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll())
+            poller.register(wake_fd, select.POLLIN)
+        if watch != self._park_watch:
+            if not watch:
+                poller.unregister(fd)  # (an end is reported whatever the mask says)
+            else:
+                poller.register(fd, watch)  # registered again: the mask changes
+            self._park_watch = watch
+        events = poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+        return any(ready == fd for ready, _ in events)
 
     def recv_buffered(self) -> str | bytes | None:
         """The next data message if the bytes read already hold it whole; else None.

@@ -44,8 +44,11 @@ no I/O, no user code and no waiting. Lock order: a client's lock, then the sched
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
+import select
 import threading
 import time
 import weakref
@@ -53,7 +56,7 @@ from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 from wsync import protocol
-from wsync._connection import MalformedFrame, Transport, TransportClosed
+from wsync._connection import HANGUP, MalformedFrame, Transport, TransportClosed
 from wsync._errors import ConnectError, ProtocolError
 from wsync._exit import start_thread
 from wsync._futures import mark_all_running
@@ -518,10 +521,13 @@ class Reader:
         self.generation = generation
         self._transport = transport
         self._malformed_log = malformed
-        self._cv = threading.Condition(host.lock)
         # The turn to read: guarded by the host's lock.
         self.turn = Turn.READER
         self.lender: threading.Thread | None = None  # the caller it is LENT to
+        # While the thread waits for its turn (in poll(), outside the lock), a byte on this
+        # pipe makes it look again; made with the first wait, closed when the thread ends.
+        self._waiting = False
+        self._wake_r = self._wake_w = -1
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def run_here(self) -> None:
@@ -531,9 +537,12 @@ class Reader:
     # --- the turn to read (every method here: caller holds the host's lock) --------------
 
     def wake(self) -> None:
-        """Something changed (the client closes, a caller gave the turn back with more to
-        read): a thread waiting for its turn looks again."""
-        self._cv.notify()
+        """Something changed (a write expecting an answer, the state, the client closing):
+        the thread, if it waits for its turn, looks again."""
+        if self._waiting:
+            self._waiting = False  # one byte per wait is enough
+            with contextlib.suppress(OSError):  # full (a byte is there already) or closed
+                os.write(self._wake_w, b"\0")
 
     def lend(self, caller: threading.Thread) -> bool:
         """Give ``caller`` the turn to read, if this reader is parked (or lent to ``caller``
@@ -557,32 +566,50 @@ class Reader:
             return
         self.lender = None
         self.turn = Turn.PARKED
-        self._cv.notify()  # the thread waits on the socket again
+        if self._host.machine.expecting or self._host.closing:
+            self.wake()
 
     def _take_turn(self) -> None:
-        """Park, and wait for the turn: while PARKED, for data or an end on the socket (outside
-        the lock); while LENT, for the caller to give it back. Caller holds the lock."""
+        """Park, and wait for the turn, in ``poll()`` outside the lock: while PARKED, for
+        data or an end on the socket; while LENT, for the caller to give the turn back
+        (looking again every :data:`PARK_GRACE`: it may do so without waking this thread)
+        or for an end of the connection, seen at once even then. Caller holds the lock."""
         host = self._host
+        lock = host.lock
         transport = self._transport
-        self.turn = Turn.PARKED
-        while True:
+        if self.turn is Turn.READER:
+            self.turn = Turn.PARKED
+        ended = False  # the connection ended while a caller read: it sees that itself
+        while not host.closing:
             if self.turn is Turn.LENT:
                 lender = self.lender
                 if lender is None or not lender.is_alive():
                     self.lender = None  # its thread is gone (a bug): the turn is taken back
                     break
-                self._cv.wait(PARK_GRACE)
-                continue
-            if host.closing or transport.buffered():
-                break  # (bytes a caller read and left: the rest of a frame, or more frames)
-            lock = host.lock
+                watch, timeout = (0 if ended else HANGUP), PARK_GRACE
+            elif transport.buffered():
+                break  # bytes a caller read and left: the rest of a frame, or more frames
+            else:
+                watch, timeout = select.POLLIN, None
+            if self._wake_r < 0:
+                self._wake_r, self._wake_w = os.pipe()
+                os.set_blocking(self._wake_r, False)
+                os.set_blocking(self._wake_w, False)
+            self._waiting = True
             lock.release()
             try:
-                ready = transport.wait_readable()
+                ready = transport.wait_for_turn(self._wake_r, watch, timeout)
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 64)
             finally:
                 lock.acquire()
-            if ready and self.turn is Turn.PARKED:
-                break
+                self._waiting = False
+            if self.turn is not Turn.LENT:
+                if ready:
+                    break
+                ended = False
+            elif ready and watch == HANGUP:
+                ended = True  # (ready under POLLIN: the data the caller reads; not an end)
         self.turn = Turn.READER
 
     # --- reading ------------------------------------------------------------------------------
@@ -600,7 +627,22 @@ class Reader:
                 later = host.drain()
             host.carry_out(later)
 
+    def _close_pipe(self) -> None:
+        with self._host.lock:
+            fds = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = -1
+            self._waiting = False
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
     def _loop(self) -> None:
+        try:
+            self._read_all()
+        finally:
+            self._close_pipe()
+
+    def _read_all(self) -> None:
         host = self._host
         transport = self._transport
         while True:

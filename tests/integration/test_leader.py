@@ -94,6 +94,20 @@ class TestTheCallerReads:
             mine = reads.by_thread[threading.current_thread().name]
             assert mine >= 48, reads.by_thread
 
+    def test_an_end_right_after_a_round_trip_is_seen_at_once(
+        self, server: ProtocolServer, long_grace: None
+    ) -> None:
+        """The server closing the connection just after a round trip the caller read is
+        seen at once (the reader watches for an end even while a caller reads), not after
+        the reader's grace: the client reconnects within the test's bound."""
+        with Client(server.url, backoff=FAST) as client:
+            for _ in range(20):
+                _park(client)
+                handshakes = server.handshakes_total
+                server.drop_connections()
+                assert server.wait_for_handshakes(handshakes + 1)
+                assert client.connect(timeout=TIMEOUT).status is Status.CONFIRMED
+
     def test_a_parked_reader_reads_again_for_a_plain_send(
         self, server: ProtocolServer, long_grace: None
     ) -> None:
