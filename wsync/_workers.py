@@ -27,8 +27,9 @@ joins them). An idle connected client runs one thread of its own, its reader:
                                 deadlines (backoff delays, attempt and confirm timeouts,
                                 pings, pong timeout). Never blocks: an attempt to connect
                                 goes to a connect thread.
-``wsync-connect-<client>``      one per attempt (the engine's): a bounded, cancellable open,
-                                then the connection's reader starts; it ends there.
+``wsync-connect-<client>``      one per attempt (the engine's): a bounded, cancellable open;
+                                then it writes the connect frame and goes on as the new
+                                connection's reader (renamed ``wsync-reader-...``).
 ``wsync-callbacks-<client>``    every user callback, in order (``_dispatch``); started with
                                 the first one.
 ==============================  ============================================================
@@ -362,17 +363,19 @@ class Writer(_Loop):
                     if self.thread is me or self._inline:
                         self._ended()
                 return
-            self._write(generation, transport, controls, entries)
+            self.write(generation, transport, controls, entries)
             if entries:
                 linger_until = time.monotonic() + WRITER_IDLE
 
-    def _write(
+    def write(
         self,
         generation: int,
         transport: Transport | None,
         controls: Sequence[Control],
         entries: list[Entry],
     ) -> None:
+        """Write what was taken from the machine (``take_writes``) in this thread, and report
+        it; the writer thread's step, also used by a connect thread for the connect frame."""
         host = self._host
         texts = [control_text(control, host.client_id) for control in controls]
         texts += [entry.text for entry in entries]
