@@ -9,8 +9,8 @@ keep message bookkeeping (``_ledger``), or run user code (``_dispatch``). The th
 bodies live in ``_workers``; the engine creates them with itself as their host. It starts
 a connect thread per attempt (``wsync-connect-<n>``, which goes on as the connection's
 reader once it is open), a writer thread when there is a backlog and none runs, and joins
-the process-wide timer thread (``_scheduler``) at the first ``connect()``; ``close()`` joins every one of them (the timer
-thread too, when this was its last client).
+the process-wide timer thread (``_scheduler``) at the first ``connect()``; ``close()`` joins
+every one of them (the timer thread too, when this was its last client).
 
 Locking: one lock, ``lock``. Under it: the machine, the ledger, the dispatcher's queue,
 the map of open connections; no I/O, no user code, no waiting, no future settled.
