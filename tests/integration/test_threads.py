@@ -160,6 +160,33 @@ class TestConnectThread:
         finally:
             c.close(TIMEOUT)
 
+    def test_the_connect_thread_goes_on_as_the_reader(self, server: ProtocolServer) -> None:
+        """The thread that opened the connection writes the connect frame and reads the
+        connection (renamed wsync-reader-<n>.<g>): no thread starts on the way to CONFIRMED."""
+        c = Client(server.url, backoff=FAST)
+        try:
+            connector = c._engine._connector
+            opened_on: list[int] = []
+            original = connector.open
+
+            def open_(timeout: float) -> Transport:
+                opened_on.append(threading.get_ident())
+                return original(timeout)
+
+            connector.open = open_  # type: ignore[method-assign]
+            state = c.connect(timeout=TIMEOUT)
+            readers = [
+                t for t in threading.enumerate()
+                if t.name == f"wsync-reader-{c._engine.number}.{c._engine.machine.generation}"
+            ]
+            assert state.status is Status.CONFIRMED
+            assert [t.ident for t in readers] == opened_on
+            assert not [
+                t for t in threading.enumerate() if t.name.startswith("wsync-connect-")
+            ]
+        finally:
+            c.close(TIMEOUT)
+
     def test_close_cancels_and_joins_a_hanging_attempt(self, silent_listener: str) -> None:
         """close() during an upgrade that hangs ends the connect thread before returning."""
         c = Client(silent_listener, backoff=FAST, connect_timeout=30)
