@@ -514,13 +514,17 @@ def encode_text(text: str) -> bytes:
         TypeError: ``text`` is not a ``str``.
         ValueError: ``text`` cannot be encoded as UTF-8 (a lone surrogate).
     """
+    return encode_frame(OP_TEXT, _utf8(text))  # one frame: cheaper than a batch of one
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8, or the TypeError/ValueError :func:`encode_text` documents."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     try:
-        payload = text.encode()
+        return text.encode()
     except UnicodeEncodeError:
         raise ValueError("text cannot be encoded as UTF-8 (lone surrogate)") from None
-    return encode_frame(OP_TEXT, payload)  # one frame: cheaper than a batch of one
 
 
 def encode_texts(
@@ -546,12 +550,7 @@ def encode_texts(
     add_mask = masks.append
     at = 0
     for text in texts:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        try:
-            payload = text.encode()
-        except UnicodeEncodeError:
-            raise ValueError("text cannot be encoded as UTF-8 (lone surrogate)") from None
+        payload = _utf8(text)
         length = len(payload)
         key = keys[at : at + 4]
         at += 4

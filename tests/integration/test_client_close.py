@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import gc
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,18 +20,6 @@ from wsync.testing import ProtocolServer
 pytestmark = pytest.mark.timeout(60)
 
 FAST = Backoff(initial=0.01, max_delay=0.05, max_attempts=None)
-
-
-@pytest.fixture
-def silent_listener() -> Iterator[str]:
-    """A TCP listener that accepts and never answers: an upgrade that hangs."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    try:
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 class TestClose:

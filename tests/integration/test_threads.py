@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -50,18 +48,6 @@ def _join_writers(client: Client) -> None:
 def quick_writer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Writers end 50 ms after their last message instead of 1 s."""
     monkeypatch.setattr(_workers, "WRITER_IDLE", 0.05)
-
-
-@pytest.fixture
-def silent_listener() -> Iterator[str]:
-    """A TCP listener that accepts and never answers: an upgrade that hangs."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    try:
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 class TestIdleClient:
