@@ -243,8 +243,12 @@ class Writer(_Loop):
         :meth:`start` outside the lock. Caller holds the lock."""
         run = self._run
         if run is _Run.BUSY:
-            self._cv.notify()
-            return None
+            thread = self.thread
+            if self._inline or (thread is not None and thread.is_alive()):
+                self._cv.notify()
+                return None
+            # BUSY, yet its thread never started: an interrupt (Ctrl-C in the caller that was
+            # starting it) struck between the state change and the start. A fresh one.
         host = self._host
         if run is _Run.CLOSED or host.closing or not host.machine.writable():
             return None

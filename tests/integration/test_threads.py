@@ -308,3 +308,23 @@ class TestExit:
             [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)]
         )
         assert "unanswered" not in result.stderr and "Traceback" not in result.stderr
+
+
+class TestWriterRecovery:
+    def test_a_writer_whose_start_was_cut_short_is_made_again(
+        self, server: ProtocolServer
+    ) -> None:
+        """A writer marked running whose thread never started (a Ctrl-C between the two, in the
+        thread starting it) does not wedge the queue: the next wake makes a fresh one."""
+        with Client(server.url, backoff=FAST) as c:
+            c.connect(timeout=TIMEOUT)
+            writer = c._engine._writer
+            with c._engine.lock:
+                writer.thread = threading.Thread(target=lambda: None)  # never started
+                writer._run = _workers._Run.BUSY
+            server.stall()
+            first = c.send("first")  # written inline, stays in flight
+            second = c.send("second")  # behind it: the writer's job
+            server.unstall()
+            assert first.result(TIMEOUT).content == "first"
+            assert second.result(TIMEOUT).content == "second"
