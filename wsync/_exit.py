@@ -20,8 +20,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable
+from typing import Final
 
 __all__ = ["on_fork_in_child", "pid", "register", "start_thread", "threads_refused"]
 
@@ -70,8 +72,23 @@ def on_fork_in_child(fn: Callable[[], None]) -> None:
         os.register_at_fork(after_in_child=fn)
 
 
+# Signals a user sends the process (Ctrl-C, kill, timers) that wsync's threads never take: the
+# kernel gives a process-directed signal to any thread that does not block it, and CPython
+# runs Python handlers in the main thread only when that thread next runs bytecode; a Ctrl-C
+# taken by a wsync thread would leave a main thread blocked in a timed wait (flush(10),
+# result(timeout)) deaf to it until the wait ends. So every wsync thread is born with them
+# blocked, and they reach the main thread (or a user's thread) at once.
+_BLOCKED: Final = frozenset(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2",
+                 "SIGCHLD", "SIGWINCH")
+    if hasattr(signal, name)
+)
+
+
 def start_thread(thread: threading.Thread) -> bool:
-    """Start ``thread``; False when the interpreter is shutting down and refuses new threads.
+    """Start ``thread`` with the process-directed signals blocked in it (see ``_BLOCKED``);
+    False when the interpreter is shutting down and refuses new threads.
 
     Python 3.12+ does, even in exit hooks, where wsync's exit flush may still need one
     ("can't create new thread at interpreter shutdown": the message is the only sign of it).
@@ -79,7 +96,19 @@ def start_thread(thread: threading.Thread) -> bool:
     """
     global _refused
     try:
-        thread.start()
+        if hasattr(signal, "pthread_sigmask"):
+            # A new thread inherits its creator's mask: block, start, restore (a signal that
+            # comes meanwhile stays pending and is taken as soon as the mask is restored).
+            # The mask is read first, without changing it: a Ctrl-C raised as the blocking
+            # call returns is then inside the try, and the mask is restored all the same.
+            original = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+                thread.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, original)
+        else:
+            thread.start()
     except RuntimeError as exc:
         if "shutdown" not in str(exc):
             raise

@@ -534,6 +534,7 @@ class Reader:
         # While the thread waits for its turn (in poll(), outside the lock), a byte on this
         # pipe makes it look again; made with the first wait, closed when the thread ends.
         self._waiting = False
+        self._watching = 0  # what the thread's wait watches the socket for (select.POLLIN...)
         self._wake_r = self._wake_w = -1
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
@@ -545,8 +546,10 @@ class Reader:
 
     def wake(self) -> None:
         """Something changed (a write expecting an answer, the state, the client closing):
-        the thread, if it waits for its turn, looks again."""
-        if self._waiting:
+        the thread, if it waits for its turn without watching for data (a caller had the
+        turn), looks again; one that watches for data needs no wake-up: what it waits for
+        wakes it."""
+        if self._waiting and self._watching != select.POLLIN:
             self._waiting = False  # one byte per wait is enough
             with contextlib.suppress(OSError):  # full (a byte is there already) or closed
                 os.write(self._wake_w, b"\0")
@@ -603,6 +606,7 @@ class Reader:
                 os.set_blocking(self._wake_r, False)
                 os.set_blocking(self._wake_w, False)
             self._waiting = True
+            self._watching = watch
             lock.release()
             try:
                 ready = transport.wait_for_turn(self._wake_r, watch, timeout)

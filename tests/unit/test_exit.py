@@ -122,3 +122,25 @@ class TestModuleGraph:
         """Every module has a docstring (its one job, and what it must not do)."""
         for path in PACKAGE.rglob("*.py"):
             assert ast.get_docstring(ast.parse(path.read_text())), path
+
+
+class TestSignalsReachTheMainThread:
+    def test_wsync_threads_are_born_with_user_signals_blocked(self) -> None:
+        """A thread started by start_thread blocks SIGINT and SIGTERM (the kernel then gives a
+        Ctrl-C to the main thread, never to a wsync thread); the starter's mask is unchanged."""
+        import signal
+
+        from wsync import _exit
+
+        if not hasattr(signal, "pthread_sigmask"):
+            return
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        seen: list[set[int]] = []
+        thread = threading.Thread(
+            target=lambda: seen.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, ())))
+        )
+        assert _exit.start_thread(thread)
+        thread.join(5)
+        assert seen and {signal.SIGINT, signal.SIGTERM} <= seen[0]
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == before
+        assert signal.SIGINT not in before
