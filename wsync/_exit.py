@@ -41,10 +41,6 @@ def _forked() -> None:
     pid = os.getpid()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
-
-
 def _early_atexit() -> Callable[[Callable[[], None]], None] | None:
     register = getattr(threading, "_register_atexit", None)
     return register if callable(register) else None
@@ -70,6 +66,9 @@ def on_fork_in_child(fn: Callable[[], None]) -> None:
     """Run ``fn`` in the child after every ``fork()`` (where there is ``fork()``)."""
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=fn)
+
+
+on_fork_in_child(_forked)  # at import: before any client's hook, which may read ``pid``
 
 
 # Signals a user sends the process (Ctrl-C, kill, timers) that wsync's threads never take: the
